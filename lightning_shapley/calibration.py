@@ -1,0 +1,90 @@
+"""Calibration data: the few labelled examples every game and criterion is computed on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["CalibrationData", "as_calibration_tensors", "few_shot_indices"]
+
+CalibrationData = tuple[torch.Tensor, torch.Tensor] | DataLoader | Dataset
+
+
+def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather calibration data into ``(inputs [N, ...], targets [N])``.
+
+    Args:
+        data: A pair of tensors, a ``DataLoader`` or a map-style ``Dataset`` of ``(x, y)`` pairs.
+
+    Raises:
+        ValueError: If the data is empty or the inputs and targets disagree in length.
+    """
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        inputs, targets = data
+    elif isinstance(data, DataLoader | Dataset):
+        batches = data if isinstance(data, DataLoader) else ((x, y) for x, y in _samples(data))
+        pairs = [_pair(batch) for batch in batches]
+        if not pairs:
+            raise ValueError("the calibration data is empty: it yields no examples")
+        if isinstance(data, DataLoader):
+            inputs, targets = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+        else:
+            inputs, targets = torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+    else:
+        raise TypeError(
+            "calibration data must be a (inputs, targets) pair of tensors, a DataLoader or a "
+            f"Dataset, got {type(data).__name__}"
+        )
+    if len(inputs) == 0:
+        raise ValueError("the calibration data is empty: it holds no examples")
+    if len(inputs) != len(targets):
+        raise ValueError(
+            f"calibration inputs and targets differ in length: {len(inputs)} vs {len(targets)}"
+        )
+    return inputs, targets.reshape(len(targets))
+
+
+def _samples(dataset: Dataset) -> Iterable:
+    return (dataset[i] for i in range(len(dataset)))  # type: ignore[arg-type]
+
+
+def _pair(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, tuple | list) and len(batch) >= 2):
+        raise ValueError("calibration batches must be (inputs, targets) pairs")
+    return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+
+
+def few_shot_indices(targets: torch.Tensor, shots: int, *, seed: int = 0) -> torch.Tensor:
+    """Indices of ``shots`` examples per class, drawn reproducibly.
+
+    Args:
+        targets: ``[N]`` integer class labels.
+        shots: Examples per class (``>= 1``).
+        seed: Seed of the draw.
+
+    Returns:
+        ``[shots * n_classes]`` indices, grouped by class in ascending class order.
+
+    Raises:
+        ValueError: If ``shots < 1`` or a class has fewer than ``shots`` examples.
+
+    Example:
+        >>> few_shot_indices(torch.tensor([0, 1, 0, 1, 0]), 1, seed=0).shape
+        torch.Size([2])
+    """
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1, got {shots}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in torch.unique(targets).tolist():
+        members = torch.nonzero(targets == label).flatten()
+        if len(members) < shots:
+            raise ValueError(f"class {label} has {len(members)} examples, fewer than shots={shots}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:shots]])
+    return torch.cat(chosen)

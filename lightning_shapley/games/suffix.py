@@ -1,0 +1,196 @@
+"""Run only the part of a network that a coalition changes.
+
+The model is traced with ``torch.fx``. Nodes that depend on a masked consumer input form the
+*suffix*; everything else (the *prefix*) does not depend on the coalition and is computed once
+per calibration batch. The suffix is then run on ``m`` coalitions at once (batch ``m · B``), and
+a consumer whose input lies in the prefix is replaced by its factorized form (see
+:func:`~lightning_shapley.games.masking.factorize`) when memory allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from lightning_shapley.games.masking import ConsumerMask, factorize, factorized_bytes
+
+__all__ = ["PrefixCache", "SuffixProgram"]
+
+
+@dataclass
+class PrefixCache:
+    """What one calibration batch leaves at the border of the suffix.
+
+    Attributes:
+        batch_size: Examples in the batch (``B``).
+        values: The prefix values the suffix reads, by node.
+        factorized: ``(base, parts)`` of each factorized consumer, by node.
+    """
+
+    batch_size: int
+    values: dict[fx.Node, Any]
+    factorized: dict[fx.Node, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class SuffixProgram:
+    """The traced model split into a coalition-independent prefix and a masked suffix.
+
+    Args:
+        model: The network (its modules and parameters are used live, not copied).
+        graph: ``torch.fx`` graph of ``model``.
+        masks: The consumer masks, by consumer module name.
+        n_players: Number of players.
+        factorize_budget: Bytes the factorized consumers may use per calibration batch
+            (``0`` turns factorization off).
+
+    Raises:
+        ValueError: If no consumer is called in the graph, or the output does not depend on them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: fx.Graph,
+        masks: dict[str, ConsumerMask],
+        n_players: int,
+        factorize_budget: int,
+    ) -> None:
+        self.model, self.masks, self.n_players = model, masks, n_players
+        self.factorize_budget = factorize_budget
+        nodes = list(graph.nodes)
+        self._consumers = {n for n in nodes if n.op == "call_module" and n.target in masks}
+        if not self._consumers:
+            raise ValueError("none of the consumer layers is called in the traced graph")
+        tainted: set[fx.Node] = set()
+        batched: set[fx.Node] = set()
+        for node in nodes:
+            inputs = node.all_input_nodes
+            if node in self._consumers or any(a in tainted for a in inputs):
+                tainted.add(node)
+            if node.op == "placeholder" or any(a in batched for a in inputs):
+                batched.add(node)
+        self.output = next(n for n in nodes if n.op == "output")
+        if self.output not in tainted:
+            raise ValueError("the model output does not depend on the masked channels")
+        self._prefix = [n for n in nodes if n not in tainted]
+        self._suffix = [n for n in nodes if n in tainted]
+        self._border = [n for n in self._prefix if any(u in tainted for u in n.users)]
+        self._batched = batched
+        self._modules = dict(model.named_modules())
+        self._last_use = _last_uses(self._suffix)
+
+    def run_prefix(self, inputs: torch.Tensor) -> PrefixCache:
+        """Compute the prefix on a calibration batch ``[B, ...]`` and factorize what fits."""
+        env: dict[fx.Node, Any] = {}
+        for node in self._prefix:
+            env[node] = self._execute(node, lambda n: env[n], inputs)
+        cache = PrefixCache(len(inputs), {n: env[n] for n in self._border})
+        budget = self.factorize_budget
+        for node in self._consumers:
+            source = node.args[0]
+            if source in self._suffix or len(node.args) != 1 or node.kwargs:
+                continue
+            module, x = self._modules[node.target], cache.values[source]
+            if factorized_bytes(module, x, self.n_players) > budget:
+                continue
+            result = factorize(module, x, self.masks[node.target], self.n_players)
+            if result is not None:
+                cache.factorized[node] = result
+                budget -= result[1].numel() * result[1].element_size()
+        return cache
+
+    def run_suffix(self, cache: PrefixCache, masks: torch.Tensor) -> torch.Tensor:
+        """Model outputs ``[m · B, ...]`` for coalitions ``masks`` ``[m, n]`` (float)."""
+        m, batch = len(masks), cache.batch_size
+        env: dict[fx.Node, Any] = {}
+        expanded: dict[fx.Node, Any] = {}
+
+        def value(node: fx.Node) -> Any:
+            if node in env:
+                return env[node]
+            if node not in expanded:
+                expanded[node] = (
+                    _repeat(cache.values[node], m) if node in self._batched else cache.values[node]
+                )
+            return expanded[node]
+
+        for index, node in enumerate(self._suffix):
+            if node.op == "output":
+                return _first_tensor(fx.node.map_arg(node.args[0], value))
+            if node in cache.factorized:
+                base, parts = cache.factorized[node]
+                out = torch.addmm(base.reshape(1, -1), masks, parts)
+                env[node] = out.view(m * batch, *base.shape[1:])
+            elif node in self._consumers:
+                source = node.args[0]
+                x = (
+                    env[source].view(m, batch, *env[source].shape[1:])
+                    if source in env
+                    else cache.values[source].unsqueeze(0)
+                )
+                masked = self.masks[node.target].apply(x, masks).flatten(0, 1)
+                args = (masked, *fx.node.map_arg(node.args[1:], value))
+                env[node] = self._modules[node.target](*args, **fx.node.map_arg(node.kwargs, value))
+            else:
+                env[node] = self._execute(node, value, None)
+            for done in self._last_use.get(index, ()):
+                env.pop(done, None)
+        raise RuntimeError("the traced graph has no output")  # pragma: no cover
+
+    def _execute(self, node: fx.Node, value: Callable[[fx.Node], Any], inputs: Any) -> Any:
+        if node.op == "placeholder":
+            if inputs is None:  # pragma: no cover - placeholders are always in the prefix
+                raise RuntimeError("placeholder in the suffix")
+            first = node is next(iter(node.graph.nodes))
+            return inputs if first else (node.args[0] if node.args else None)
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
+        if node.op == "get_attr":
+            return _get_attr(self.model, node.target)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            obj, *rest = args
+            return getattr(obj, node.target)(*rest, **kwargs)
+        if node.op == "call_module":
+            return self._modules[node.target](*args, **kwargs)
+        raise RuntimeError(f"unexpected fx node {node.op}")  # pragma: no cover
+
+
+def _last_uses(nodes: list[fx.Node]) -> dict[int, list[fx.Node]]:
+    """For each position in ``nodes``, the earlier suffix nodes not needed after it."""
+    position = {n: i for i, n in enumerate(nodes)}
+    last: dict[int, list[fx.Node]] = {}
+    for node in nodes:
+        users = [position[u] for u in node.users if u in position]
+        if users:
+            last.setdefault(max(users), []).append(node)
+    return last
+
+
+def _repeat(value: Any, m: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.repeat(m, *[1] * (value.dim() - 1))
+    return value
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    while not isinstance(output, torch.Tensor):
+        if isinstance(output, dict):
+            output = output.get("logits", next(iter(output.values())))
+        elif isinstance(output, tuple | list):
+            output = output[0]
+        else:
+            raise TypeError(f"the model returned {type(output).__name__}, not logits")
+    return output
+
+
+def _get_attr(model: nn.Module, target: str) -> Any:
+    obj: Any = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
