@@ -21,10 +21,10 @@ class PairwiseGame:
 
     Example:
         >>> game = PairwiseGame(torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 4.0], [4.0, 0.0]]))
-        >>> game(torch.tensor([[True, True], [True, False]]))
-        tensor([7., 1.])
-        >>> game.shapley_values()
-        tensor([3., 4.])
+        >>> game(torch.tensor([[True, True], [True, False]])).tolist()
+        [7.0, 1.0]
+        >>> game.shapley_values().tolist()
+        [3.0, 4.0]
     """
 
     def __init__(self, weights: torch.Tensor, interactions: torch.Tensor | None = None) -> None:
