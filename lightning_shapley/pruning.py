@@ -8,6 +8,7 @@ answer is a :class:`ChannelGroup`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,19 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["ChannelGroup", "Consumer", "channel_group", "prunable_layer_names", "resolve_layer"]
+__all__ = [
+    "IMPORTANCES",
+    "ChannelGroup",
+    "Consumer",
+    "apply_plan",
+    "channel_group",
+    "count_params_and_macs",
+    "group_importance",
+    "prunable_layer_names",
+    "resolve_layer",
+]
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 
 
 @dataclass(frozen=True)
@@ -203,3 +216,173 @@ def prunable_layer_names(
         seen.update(group.pruned_layers)
         names.append(name)
     return names
+
+
+def group_importance(
+    model: nn.Module,
+    layer: str | nn.Module,
+    kind: str,
+    example_input: torch.Tensor,
+    graph: tp.DependencyGraph | None = None,
+) -> torch.Tensor:
+    """torch-pruning's importance of each channel of ``layer``'s group, ``[n_channels]``.
+
+    Args:
+        kind: ``"l1"``/``"l2"`` (weight magnitude), ``"bn_scale"`` (|γ| of the batch norms),
+            ``"taylor"`` (|w · ∂L/∂w|; the gradients must already be in ``.grad``) or
+            ``"random"``. Scores are averaged over the group's layers, not normalised.
+    """
+    importances = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2, normalizer=None),
+        "bn_scale": lambda: tp.importance.BNScaleImportance(normalizer=None),
+        "taylor": lambda: tp.importance.TaylorImportance(normalizer=None),
+        "random": lambda: tp.importance.RandomImportance(),
+    }
+    if kind not in importances:
+        raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
+    name, module = resolve_layer(model, layer)
+    graph = graph or build_dependency_graph(model, example_input)
+    group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
+    scores = importances[kind]()(group)
+    if scores is None:
+        raise ValueError(f"the group of layer {name!r} has no layer that {kind!r} can score")
+    return scores.detach().float().cpu()
+
+
+def _pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):
+    pruner = graph.get_pruner_of_module(module)
+    return graph.get_pruning_group(module, pruner.prune_out_channels, idxs=idxs)
+
+
+def count_params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """``(parameters, multiply-accumulates)`` of one forward on ``example_input`` ``[1, ...]``."""
+    with _preserved_state(model), torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_input)
+    return int(params), int(macs)
+
+
+def apply_plan(
+    model: nn.Module,
+    removed: dict[str, list[int]],
+    example_input: torch.Tensor,
+    bias_updates: dict[str, torch.Tensor] | None = None,
+) -> list[dict]:
+    """Remove channels physically, all or nothing.
+
+    Args:
+        model: The network, pruned in place.
+        removed: Channel indices to remove, by layer (one layer per group).
+        example_input: ``[1, ...]`` an input the model accepts.
+        bias_updates: Amounts ``[out_features]`` to add to consumer biases after the removal
+            (compensation); a missing bias is created.
+
+    Returns:
+        The history of what was done, as plain lists and dicts (see :func:`replay`).
+
+    Raises:
+        ValueError: If a layer is unknown or not prunable, an index is out of range, a group
+            would be emptied, two layers share a group, or torch-pruning fails. The model is then
+            left exactly as it was.
+    """
+    backup = copy.deepcopy(model)
+    try:
+        history = _remove(model, removed, example_input)
+        for name, update in (bias_updates or {}).items():
+            history.append(_add_to_bias(model, name, update))
+        return history
+    except Exception as error:
+        _restore(model, backup)
+        if isinstance(error, ValueError):
+            raise
+        raise ValueError(f"pruning failed and the model was restored: {error}") from error
+
+
+def replay(model: nn.Module, history: list[dict], example_input: torch.Tensor) -> None:
+    """Repeat a pruning history on a fresh model of the same architecture (before loading its
+    ``state_dict``)."""
+    steps = [dict(step) for step in history]
+    removed: dict[str, list[int]] = {}
+    backup = copy.deepcopy(model)
+    try:
+        for step in steps:
+            if step["op"] == "prune":
+                if step["layer"] in removed:  # a later round of pruning: indices are relative
+                    _flush(model, removed, example_input)
+                removed[step["layer"]] = list(step["channels"])
+            elif step["op"] == "bias":
+                _flush(model, removed, example_input)
+                _add_to_bias(model, step["layer"], None)
+            else:
+                raise ValueError(f"unknown pruning history step {step!r}")
+        _flush(model, removed, example_input)
+    except Exception:
+        _restore(model, backup)
+        raise
+
+
+def _flush(model: nn.Module, removed: dict[str, list[int]], example_input: torch.Tensor) -> None:
+    if removed:
+        _remove(model, removed, example_input)
+        removed.clear()
+
+
+def _remove(
+    model: nn.Module, removed: dict[str, list[int]], example_input: torch.Tensor
+) -> list[dict]:
+    graph = build_dependency_graph(model, example_input)
+    owners: dict[str, str] = {}
+    plans = []
+    for layer, channels in removed.items():
+        group = channel_group(model, layer, example_input, graph=graph)
+        for member in group.pruned_layers:
+            if member in owners:
+                raise ValueError(
+                    f"layers {owners[member]!r} and {layer!r} belong to the same group; "
+                    "plan one layer per group"
+                )
+            owners[member] = layer
+        channels = sorted({int(c) for c in channels})
+        if channels and not 0 <= channels[0] <= channels[-1] < group.n_channels:
+            raise ValueError(
+                f"layer {layer!r} has {group.n_channels} channels; cannot remove {channels}"
+            )
+        if len(channels) >= group.n_channels:
+            raise ValueError(
+                f"removing all {group.n_channels} channels of layer {layer!r} would empty it; "
+                "keep at least one (lower the ratio or set a minimum)"
+            )
+        plans.append((layer, channels))
+    history = []
+    with _preserved_state(model):
+        for layer, channels in plans:
+            if channels:
+                _pruning_group(graph, model.get_submodule(layer), channels).prune()
+                history.append({"op": "prune", "layer": layer, "channels": channels})
+    return history
+
+
+def _add_to_bias(model: nn.Module, name: str, update: torch.Tensor | None) -> dict:
+    """Add ``update`` to the bias of layer ``name``, creating a zero bias if it has none."""
+    module = model.get_submodule(name)
+    if module.bias is None:
+        out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        module.bias = nn.Parameter(module.weight.new_zeros(out))
+    if update is not None:
+        with torch.no_grad():
+            module.bias.add_(update.to(module.bias))
+    return {"op": "bias", "layer": name}
+
+
+def _restore(model: nn.Module, backup: nn.Module) -> None:
+    """Put back every submodule's parameters, buffers and attributes from ``backup``, keeping
+    the submodule objects themselves (so references held elsewhere stay valid)."""
+    for (_, target), (_, source) in zip(model.named_modules(), backup.named_modules(), strict=True):
+        children = target._modules
+        target.__dict__.update(
+            {k: v for k, v in source.__dict__.items() if not k.startswith("_") or k in _STATE}
+        )
+        target._modules = children
+
+
+_STATE = {"_parameters", "_buffers", "_non_persistent_buffers_set"}
