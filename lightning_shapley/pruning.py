@@ -25,6 +25,7 @@ __all__ = [
     "channel_group",
     "count_params_and_macs",
     "group_importance",
+    "merged_consumers",
     "prunable_layer_names",
     "resolve_layer",
 ]
@@ -195,6 +196,31 @@ def channel_group(
         pruned_layers=tuple(dict.fromkeys(pruned)),
         consumers=consumers,
     )
+
+
+def merged_consumers(groups: list[ChannelGroup]) -> dict[str, Consumer]:
+    """The consumers of several groups, players numbered group after group.
+
+    A consumer fed by several groups (a concatenation) appears once, with all their features.
+    """
+    parts: dict[str, list[Consumer]] = {}
+    offset = 0
+    for group in groups:
+        for c in group.consumers:
+            parts.setdefault(c.name, []).append(
+                Consumer(c.name, c.feature_idx, c.player_idx + offset, c.channel_dim, c.in_features)
+            )
+        offset += group.n_channels
+    return {
+        name: Consumer(
+            name,
+            torch.cat([p.feature_idx for p in same]),
+            torch.cat([p.player_idx for p in same]),
+            same[0].channel_dim,
+            same[0].in_features,
+        )
+        for name, same in parts.items()
+    }
 
 
 def prunable_layer_names(

@@ -20,6 +20,9 @@ class PermutationShapley(Estimator):
     and lowers the variance on most others. Whole permutations are evaluated together, up to
     ``batch_size`` coalitions per call to the game.
 
+    A game may return a vector per coalition (``[m, E]``, e.g. one value per calibration
+    example); values and errors are then ``[n, E]``.
+
     Args:
         antithetic: Pair each permutation with its reverse.
         batch_size: Coalitions per call to the game (rounded down to whole permutations).
@@ -52,7 +55,8 @@ class PermutationShapley(Estimator):
         position = torch.argsort(orders, dim=1)  # [p, n]: step at which each player leaves
 
         ends = torch.as_tensor(game(torch.tensor([[True] * n, [False] * n]))).double()
-        walks = torch.empty(n_perms, n + 1, dtype=torch.float64)
+        extra = ends.shape[1:]  # a game may return a vector per coalition (e.g. per example)
+        walks = torch.empty(n_perms, n + 1, *extra, dtype=torch.float64)
         walks[:, 0], walks[:, n] = ends[0], ends[1]
         per_call = max(1, self.batch_size // max(1, per_permutation))
         steps = torch.arange(1, n)
@@ -60,13 +64,14 @@ class PermutationShapley(Estimator):
             pos = position[start : start + per_call]
             masks = pos.unsqueeze(1) >= steps.view(1, -1, 1)  # [p, n - 1, n]
             values = torch.as_tensor(game(masks.reshape(-1, n))).double()
-            walks[start : start + per_call, 1:n] = values.view(len(pos), n - 1)
+            walks[start : start + per_call, 1:n] = values.view(len(pos), n - 1, *extra)
 
-        marginals = walks.gather(1, position) - walks.gather(1, position + 1)  # [p, n]
-        samples = marginals.view(-1, unit, n).mean(dim=1)
+        index = position.view(n_perms, n, *[1] * len(extra)).expand(n_perms, n, *extra)
+        marginals = walks.gather(1, index) - walks.gather(1, index + 1)  # [p, n, ...]
+        samples = marginals.view(-1, unit, n, *extra).mean(dim=1)
         stderr = (
             samples.std(dim=0) / len(samples) ** 0.5
             if len(samples) > 1
-            else torch.full((n,), float("nan"), dtype=torch.float64)
+            else torch.full((n, *extra), float("nan"), dtype=torch.float64)
         )
         return ShapleyEstimate(samples.mean(dim=0), stderr, 2 + n_perms * per_permutation)

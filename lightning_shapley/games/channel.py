@@ -12,14 +12,14 @@ from torch import fx, nn
 
 from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
 from lightning_shapley.games.base import check_masks
-from lightning_shapley.games.masking import ConsumerMask
+from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram, _first_tensor
 from lightning_shapley.metrics import MetricLike, value_function
 from lightning_shapley.pruning import (
     ChannelGroup,
-    Consumer,
     build_dependency_graph,
     channel_group,
+    merged_consumers,
 )
 
 __all__ = ["ABLATIONS", "STRATEGIES", "ChannelGame"]
@@ -178,53 +178,15 @@ class ChannelGame:
     # -- construction -------------------------------------------------------------------------
 
     def _consumer_masks(self) -> dict[str, ConsumerMask]:
-        """One mask per consumer, merging the groups of a network-wide game."""
-        merged: dict[str, list[Consumer]] = {}
-        offset = 0
-        for group in self.groups:
-            for c in group.consumers:
-                merged.setdefault(c.name, []).append(
-                    Consumer(
-                        c.name, c.feature_idx, c.player_idx + offset, c.channel_dim, c.in_features
-                    )
-                )
-            offset += group.n_channels
-        consumers = {
-            name: Consumer(
-                name,
-                torch.cat([p.feature_idx for p in parts]),
-                torch.cat([p.player_idx for p in parts]),
-                parts[0].channel_dim,
-                parts[0].in_features,
-            )
-            for name, parts in merged.items()
-        }
+        """One mask per consumer; players numbered group after group."""
+        consumers = merged_consumers(self.groups)
         self._module_names = {self.model.get_submodule(name): name for name in consumers}
-        means = self._consumer_means(consumers) if self.ablation == "mean" else {}
+        means = (
+            consumer_input_means(self.model, consumers, self._batches)
+            if self.ablation == "mean"
+            else {}
+        )
         return {name: ConsumerMask(c, means.get(name)) for name, c in consumers.items()}
-
-    def _consumer_means(self, consumers: dict[str, Consumer]) -> dict[str, torch.Tensor]:
-        """Mean of each consumer's input features ``[in_features]`` over the calibration set."""
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-
-        def accumulate(module: nn.Module, args: tuple) -> None:
-            name, x = self._module_names[module], args[0]
-            dim = x.dim() - 1 if consumers[name].channel_dim == -1 else 1
-            flat = x.movedim(dim, -1).reshape(-1, x.shape[dim])
-            sums[name] = sums.get(name, 0) + flat.sum(dim=0)
-            counts[name] = counts.get(name, 0) + len(flat)
-
-        handles = [
-            self.model.get_submodule(n).register_forward_pre_hook(accumulate) for n in consumers
-        ]
-        try:
-            for x in self._batches:
-                self.model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return {name: sums[name] / counts[name] for name in sums}
 
     def _build_program(self, strategy: str) -> tuple[SuffixProgram | None, list[PrefixCache]]:
         """Trace the model, cache the prefix, check the suffix against full forwards.

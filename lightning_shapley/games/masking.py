@@ -13,7 +13,7 @@ from torch import nn
 
 from lightning_shapley.pruning import Consumer
 
-__all__ = ["ConsumerMask", "factorize"]
+__all__ = ["ConsumerMask", "consumer_input_means", "factorize"]
 
 
 class ConsumerMask:
@@ -50,6 +50,33 @@ class ConsumerMask:
         if self.mean is None:
             return x * feature
         return x * feature + self.mean.view(shape[1:]) * (1 - feature)
+
+
+def consumer_input_means(
+    model: nn.Module, consumers: dict[str, Consumer], batches: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Mean ``[in_features]`` of each consumer's input features over the calibration batches
+    (over examples and spatial positions), in the unmasked model."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    names = {model.get_submodule(name): name for name in consumers}
+
+    def accumulate(module: nn.Module, args: tuple) -> None:
+        name, x = names[module], args[0]
+        dim = x.dim() - 1 if consumers[name].channel_dim == -1 else 1
+        flat = x.movedim(dim, -1).reshape(-1, x.shape[dim])
+        sums[name] = sums.get(name, 0) + flat.sum(dim=0)
+        counts[name] = counts.get(name, 0) + len(flat)
+
+    handles = [module.register_forward_pre_hook(accumulate) for module in names]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in sums}
 
 
 def factorize(

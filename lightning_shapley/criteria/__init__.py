@@ -1,0 +1,59 @@
+"""Every channel criterion behind one interface: ``score(model, layers, data, *, seed)``.
+
+``criterion_by_name`` builds them from the names recipes and the callback use.
+"""
+
+from __future__ import annotations
+
+from lightning_shapley.criteria.base import ChannelScores, Criterion
+from lightning_shapley.criteria.classic import (
+    ActivationCriterion,
+    ImportanceCriterion,
+    RandomCriterion,
+)
+from lightning_shapley.criteria.game_based import (
+    ESTIMATORS,
+    AnconaShapley,
+    ShapleyCriterion,
+    estimator_by_name,
+)
+
+__all__ = [
+    "CRITERIA",
+    "ESTIMATORS",
+    "ActivationCriterion",
+    "AnconaShapley",
+    "ChannelScores",
+    "Criterion",
+    "ImportanceCriterion",
+    "RandomCriterion",
+    "ShapleyCriterion",
+    "criterion_by_name",
+    "estimator_by_name",
+]
+
+CRITERIA = {
+    "shapley": lambda: ShapleyCriterion("permutation"),
+    "shapley_network": lambda: ShapleyCriterion("permutation", scope="network"),
+    "ancona_shapley": AnconaShapley,
+    "loo": lambda: ShapleyCriterion("loo", budget=None),
+    "random": RandomCriterion,
+    "l1": lambda: ImportanceCriterion("l1"),
+    "l2": lambda: ImportanceCriterion("l2"),
+    "bn_scale": lambda: ImportanceCriterion("bn_scale"),
+    "taylor": lambda: ImportanceCriterion("taylor"),
+    "apoz": lambda: ActivationCriterion("apoz"),
+    "activation_mean": lambda: ActivationCriterion("mean"),
+}
+
+
+def criterion_by_name(name: str) -> Criterion:
+    """A default-configured criterion: one of ``CRITERIA``.
+
+    Example:
+        >>> criterion_by_name("l1")
+        ImportanceCriterion('l1')
+    """
+    if name not in CRITERIA:
+        raise ValueError(f"criterion {name!r} is unknown; use one of {sorted(CRITERIA)}")
+    return CRITERIA[name]()

@@ -1,0 +1,86 @@
+"""The criterion interface: score every channel of some layers from calibration data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
+
+__all__ = ["ChannelScores", "Criterion"]
+
+
+@dataclass(frozen=True)
+class ChannelScores:
+    """Scores of every channel, higher = more valuable.
+
+    Attributes:
+        values: ``[n_channels]`` scores by layer.
+        n_evals: Game evaluations spent (0 for criteria that play no game).
+        seconds: Wall-clock time of the scoring.
+    """
+
+    values: dict[str, torch.Tensor]
+    n_evals: int
+    seconds: float
+
+
+class Criterion:
+    """Scores the channels of each layer's group. Subclasses implement :meth:`_score`."""
+
+    name: str = "criterion"
+
+    def score(
+        self, model: nn.Module, layers: list[str], data: CalibrationData, *, seed: int = 0
+    ) -> ChannelScores:
+        """Score the channels of ``layers`` (one per group) on calibration ``data``.
+
+        The model's train/eval modes, gradients and grad mode are left as they were.
+        """
+        if not layers:
+            raise ValueError("layers is empty: name at least one layer to score")
+        inputs, targets = as_calibration_tensors(data)
+        device = next(model.parameters()).device
+        began = time.perf_counter()
+        with _untouched(model):
+            values, n_evals = self._score(
+                model, list(layers), inputs.to(device), targets.to(device), seed
+            )
+        return ChannelScores(
+            {k: v.detach().float().cpu() for k, v in values.items()},
+            n_evals,
+            time.perf_counter() - began,
+        )
+
+    def _score(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        seed: int,
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, grad in grads:
+            parameter.grad = grad
+        torch.set_grad_enabled(grad_enabled)

@@ -1,0 +1,111 @@
+"""Prune a model by a plan: the one call that scores, removals and compensation lead to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
+from lightning_shapley.compensation import mean_bias_updates
+from lightning_shapley.plan import PruningPlan
+from lightning_shapley.pruning import (
+    apply_plan,
+    build_dependency_graph,
+    channel_group,
+    count_params_and_macs,
+)
+
+__all__ = ["PruningReport", "prune"]
+
+
+@dataclass(frozen=True)
+class PruningReport:
+    """What a prune changed.
+
+    Attributes:
+        params_before, params_after: Parameter counts.
+        macs_before, macs_after: Multiply-accumulates of one example's forward.
+        channels_before, channels_after: Channels of each pruned layer.
+        requested_ratio, achieved_ratio: Share of the planned layers' channels asked for and
+            removed.
+        history: The steps taken, as plain data (what ``save_pruned`` stores).
+    """
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    channels_before: dict[str, int]
+    channels_after: dict[str, int]
+    requested_ratio: float
+    achieved_ratio: float
+    history: list[dict] = field(repr=False)
+
+    def table(self) -> str:
+        """A Markdown summary: totals, then channels per layer."""
+        lines = [
+            "| | before | after | kept |",
+            "|---|---|---|---|",
+            f"| parameters | {self.params_before:,} | {self.params_after:,} | "
+            f"{self.params_after / self.params_before:.1%} |",
+            f"| MACs | {self.macs_before:,} | {self.macs_after:,} | "
+            f"{self.macs_after / max(1, self.macs_before):.1%} |",
+        ]
+        for name, before in self.channels_before.items():
+            after = self.channels_after[name]
+            lines.append(f"| `{name}` channels | {before} | {after} | {after / before:.1%} |")
+        lines.append(
+            f"\nrequested ratio {self.requested_ratio:.1%}, achieved {self.achieved_ratio:.1%}"
+        )
+        return "\n".join(lines)
+
+
+def prune(
+    model: nn.Module,
+    plan: PruningPlan,
+    data: CalibrationData | torch.Tensor,
+    *,
+    fold_means: bool = False,
+) -> PruningReport:
+    """Remove the planned channels physically, all or nothing.
+
+    Args:
+        model: The network, pruned in place.
+        plan: Channels to remove by layer (see :func:`~lightning_shapley.plan.make_plan`).
+        data: Calibration data, or just an input batch ``[B, ...]`` when ``fold_means`` is off.
+        fold_means: Fold the removed channels' calibration means into the consumers' biases,
+            so the pruned model matches the ``mean``-ablated game (see
+            :mod:`~lightning_shapley.compensation`).
+
+    Raises:
+        ValueError: As :func:`~lightning_shapley.pruning.apply_plan`; the model is unchanged.
+    """
+    if isinstance(data, torch.Tensor):
+        if fold_means:
+            raise ValueError("fold_means needs calibration data, not only an input batch")
+        inputs = data
+    else:
+        inputs, _ = as_calibration_tensors(data)
+    example = inputs[:1].to(next(model.parameters()).device)
+    params_before, macs_before = count_params_and_macs(model, example)
+    graph = build_dependency_graph(model, example)
+    groups = [channel_group(model, layer, example, graph=graph) for layer in plan.removed]
+    updates = None
+    if fold_means:
+        batches = list(inputs.to(example.device).split(256))
+        updates = mean_bias_updates(model, groups, list(plan.removed.values()), batches)
+    history = apply_plan(model, plan.removed, example, bias_updates=updates)
+    params_after, macs_after = count_params_and_macs(model, example)
+    return PruningReport(
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        channels_before=dict(plan.n_channels),
+        channels_after={name: n - len(plan.removed[name]) for name, n in plan.n_channels.items()},
+        requested_ratio=plan.requested_ratio,
+        achieved_ratio=plan.achieved_ratio,
+        history=history,
+    )
