@@ -23,6 +23,7 @@ __all__ = [
     "Consumer",
     "apply_plan",
     "channel_group",
+    "check_distinct_groups",
     "count_params_and_macs",
     "group_importance",
     "merged_consumers",
@@ -198,6 +199,17 @@ def channel_group(
     )
 
 
+def check_distinct_groups(groups: list[ChannelGroup]) -> None:
+    """Raise ``ValueError`` if two of ``groups`` are the same group (named by two layers)."""
+    for i, group in enumerate(groups):
+        for other in groups[i + 1 :]:
+            if other.layer in group.pruned_layers:
+                raise ValueError(
+                    f"layers {group.layer!r} and {other.layer!r} belong to the same group; "
+                    "name one layer per group"
+                )
+
+
 def merged_consumers(groups: list[ChannelGroup]) -> dict[str, Consumer]:
     """The consumers of several groups, players numbered group after group.
 
@@ -300,8 +312,8 @@ def apply_plan(
         model: The network, pruned in place.
         removed: Channel indices to remove, by layer (one layer per group).
         example_input: ``[1, ...]`` an input the model accepts.
-        bias_updates: Amounts ``[out_features]`` to add to consumer biases after the removal
-            (compensation); a missing bias is created.
+        bias_updates: Amounts ``[out_features]`` (of the unpruned layers) to add to consumer
+            biases (compensation); a missing bias is created.
 
     Returns:
         The history of what was done, as plain lists and dicts (see :func:`replay`).
@@ -313,10 +325,11 @@ def apply_plan(
     """
     backup = copy.deepcopy(model)
     try:
-        history = _remove(model, removed, example_input)
-        for name, update in (bias_updates or {}).items():
-            history.append(_add_to_bias(model, name, update))
-        return history
+        # biases first: a consumer may itself lose output channels, and its bias with them
+        history = [
+            _add_to_bias(model, name, update) for name, update in (bias_updates or {}).items()
+        ]
+        return history + _remove(model, removed, example_input)
     except Exception as error:
         _restore(model, backup)
         if isinstance(error, ValueError):
@@ -357,17 +370,11 @@ def _remove(
     model: nn.Module, removed: dict[str, list[int]], example_input: torch.Tensor
 ) -> list[dict]:
     graph = build_dependency_graph(model, example_input)
-    owners: dict[str, str] = {}
+    groups = {layer: channel_group(model, layer, example_input, graph=graph) for layer in removed}
+    check_distinct_groups(list(groups.values()))
     plans = []
     for layer, channels in removed.items():
-        group = channel_group(model, layer, example_input, graph=graph)
-        for member in group.pruned_layers:
-            if member in owners:
-                raise ValueError(
-                    f"layers {owners[member]!r} and {layer!r} belong to the same group; "
-                    "plan one layer per group"
-                )
-            owners[member] = layer
+        group = groups[layer]
         channels = sorted({int(c) for c in channels})
         if channels and not 0 <= channels[0] <= channels[-1] < group.n_channels:
             raise ValueError(

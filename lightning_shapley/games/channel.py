@@ -19,6 +19,7 @@ from lightning_shapley.pruning import (
     ChannelGroup,
     build_dependency_graph,
     channel_group,
+    check_distinct_groups,
     merged_consumers,
 )
 
@@ -276,15 +277,7 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 def _groups(model: nn.Module, layers: list, example: torch.Tensor) -> list[ChannelGroup]:
     graph = build_dependency_graph(model, example) if len(layers) > 1 else None
     groups = [channel_group(model, layer, example, graph=graph) for layer in layers]
-    owner: dict[str, str] = {}
-    for group in groups:
-        for name in group.pruned_layers:
-            if name in owner:
-                raise ValueError(
-                    f"layers {owner[name]!r} and {group.layer!r} belong to the same group; "
-                    "list one layer per group"
-                )
-            owner[name] = group.layer
+    check_distinct_groups(groups)
     return groups
 
 

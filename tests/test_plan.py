@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_shapley.plan import make_plan
+
+SCORES = {
+    "a": torch.tensor([5.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0]),
+    "b": torch.tensor([0.1, 0.2, 0.3, 0.4]),
+}
+
+
+def test_same_ratio_per_layer_removes_the_lowest():
+    plan = make_plan(SCORES, 0.5)
+    assert plan.removed == {"a": [1, 2, 3, 4], "b": [0, 1]}
+    assert plan.achieved_ratio == 0.5 and plan.kept("b") == [2, 3]
+
+
+def test_per_layer_ratios():
+    plan = make_plan(SCORES, {"a": 0.25})
+    assert plan.removed == {"a": [1, 2], "b": []}
+    assert plan.requested_ratio == 0.25
+
+
+def test_global_ranking_normalises_scales_unless_told_not_to():
+    # normalised by the mean, b's small scores are comparable with a's
+    assert make_plan(SCORES, 0.5, scope="global").removed == {"a": [1, 2, 3, 4], "b": [0, 1]}
+    raw = make_plan(SCORES, 0.25, scope="global", normalize="none")
+    assert raw.removed == {"a": [], "b": [0, 1, 2]}  # b would be emptied: it keeps one
+
+
+def test_round_to_and_min_channels():
+    assert make_plan(SCORES, 0.6, round_to=4).removed == {"a": [1, 2, 3, 4], "b": []}
+    assert make_plan(SCORES, 0.9, min_channels=3).removed == {"a": [1, 2, 3, 4, 0], "b": [0]} or \
+        make_plan(SCORES, 0.9, min_channels=3).removed == {"a": [0, 1, 2, 3, 4], "b": [0]}
+    never_empty = make_plan({"c": torch.tensor([1.0, 2.0])}, 0.99)
+    assert never_empty.removed == {"c": [0]}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"),
+        ({"ratio": -0.1}, r"ratio must be in \[0, 1\)"),
+        ({"ratio": {"a": 1.5}}, r"ratio\['a'\] must be in"),
+        ({"ratio": {"zz": 0.5}}, "ratio names layers without scores: \\['zz'\\]"),
+        ({"ratio": 0.5, "scope": "net"}, "scope='net' is invalid"),
+        ({"ratio": 0.5, "scope": "global", "normalize": "l2"}, "normalize='l2' is invalid"),
+        ({"ratio": 0.5, "min_channels": 0}, "min_channels"),
+        ({"ratio": 0.5, "round_to": 0}, "round_to"),
+    ],
+)
+def test_bad_plans_name_the_problem(kwargs, match):
+    ratio = kwargs.pop("ratio")
+    with pytest.raises(ValueError, match=match):
+        make_plan(SCORES, ratio, **kwargs)
