@@ -32,8 +32,10 @@ def test_global_ranking_normalises_scales_unless_told_not_to():
 
 def test_round_to_and_min_channels():
     assert make_plan(SCORES, 0.6, round_to=4).removed == {"a": [1, 2, 3, 4], "b": []}
-    assert make_plan(SCORES, 0.9, min_channels=3).removed == {"a": [1, 2, 3, 4, 0], "b": [0]} or \
-        make_plan(SCORES, 0.9, min_channels=3).removed == {"a": [0, 1, 2, 3, 4], "b": [0]}
+    assert make_plan(SCORES, 0.9, min_channels=3).removed == {
+        "a": [1, 2, 3, 4, 0],
+        "b": [0],
+    } or make_plan(SCORES, 0.9, min_channels=3).removed == {"a": [0, 1, 2, 3, 4], "b": [0]}
     never_empty = make_plan({"c": torch.tensor([1.0, 2.0])}, 0.99)
     assert never_empty.removed == {"c": [0]}
 

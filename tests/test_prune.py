@@ -97,7 +97,9 @@ def test_report_counts_resnet18_params_and_macs():
                                      "layer3.0.conv1": 128, "layer4.0.conv1": 256}  # fmt: skip
     assert report.achieved_ratio == report.requested_ratio == 0.5
     assert 0.7 < report.params_after / report.params_before < 0.95
-    assert "parameters" in report.table() and "`layer4.0.conv1` channels | 512 | 256" in report.table()
+    assert (
+        "parameters" in report.table() and "`layer4.0.conv1` channels | 512 | 256" in report.table()
+    )
     assert model(x).shape == (2, 10)
 
 
