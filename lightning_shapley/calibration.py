@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["CalibrationData", "as_calibration_tensors", "few_shot_indices"]
+__all__ = ["CalibrationData", "as_calibration_tensors", "draw_few_shot", "few_shot_indices"]
 
 CalibrationData = tuple[torch.Tensor, torch.Tensor] | DataLoader | Dataset
 
@@ -88,3 +88,43 @@ def few_shot_indices(targets: torch.Tensor, shots: int, *, seed: int = 0) -> tor
             raise ValueError(f"class {label} has {len(members)} examples, fewer than shots={shots}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:shots]])
     return torch.cat(chosen)
+
+
+def draw_few_shot(
+    data: DataLoader | Dataset, shots: int, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``shots`` examples per class from a loader or dataset in one pass, reproducibly.
+
+    Each class keeps a seeded reservoir sample, so every example of a class has the same chance
+    and memory stays at ``shots`` examples per class. A class with fewer examples keeps them all.
+
+    Returns:
+        ``(inputs [k, ...], targets [k])`` ordered by class.
+
+    Raises:
+        ValueError: If ``shots < 1`` or the data yields no examples.
+    """
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1, got {shots}")
+    generator = torch.Generator().manual_seed(seed)
+    reservoirs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    seen: dict[int, int] = {}
+    batches = data if isinstance(data, DataLoader) else ((x, y) for x, y in _samples(data))
+    for batch in batches:
+        x, y = _pair(batch)
+        if y.dim() == 0:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        for example, label in zip(x, y.reshape(len(y)), strict=True):
+            c = int(label)
+            seen[c] = seen.get(c, 0) + 1
+            reservoir = reservoirs.setdefault(c, [])
+            if len(reservoir) < shots:
+                reservoir.append((example, label))
+            else:
+                slot = int(torch.randint(seen[c], (1,), generator=generator))
+                if slot < shots:
+                    reservoir[slot] = (example, label)
+    if not reservoirs:
+        raise ValueError("the calibration data is empty: it yields no examples")
+    chosen = [pair for c in sorted(reservoirs) for pair in reservoirs[c]]
+    return torch.stack([x for x, _ in chosen]), torch.stack([y for _, y in chosen])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
+from lightning_shapley.games.base import Game
 
-__all__ = ["ChannelScores", "Criterion"]
+__all__ = ["ChannelScores", "Criterion", "GameWrapper"]
+
+GameWrapper = Callable[[Game], Game]
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,27 @@ class Criterion:
     name: str = "criterion"
 
     def score(
-        self, model: nn.Module, layers: list[str], data: CalibrationData, *, seed: int = 0
+        self,
+        model: nn.Module,
+        layers: list[str],
+        data: CalibrationData,
+        *,
+        seed: int = 0,
+        shard: GameWrapper | None = None,
     ) -> ChannelScores:
         """Score the channels of ``layers`` (one per group) on calibration ``data``.
 
+        Args:
+            model: The network.
+            layers: One layer name per group to score.
+            data: Calibration data.
+            seed: Seed of any randomness.
+            shard: Wraps every game the criterion plays (e.g. to share its evaluations across
+                processes, see :class:`~lightning_shapley.games.distributed.ShardedGame`).
+
         The model's train/eval modes, gradients and grad mode are left as they were.
         """
+        self._shard = shard or (lambda game: game)
         if not layers:
             raise ValueError("layers is empty: name at least one layer to score")
         inputs, targets = as_calibration_tensors(data)

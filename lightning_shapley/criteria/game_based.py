@@ -71,14 +71,20 @@ class ShapleyCriterion(Criterion):
             ([layer], ChannelGame(model, layer, (inputs, targets), **options)) for layer in layers
         ]
 
-    def _values(self, game: ChannelGame, seed: int) -> torch.Tensor:
-        return self.estimator.estimate(game, self.budget, seed=seed).values
+    def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
+        result = self.estimator.estimate(self._shard(game), self.budget, seed=seed)
+        return result.values, result.n_evals
 
     def _score(self, model, layers, inputs, targets, seed):
         scores, n_evals = {}, 0
         for names, game in self._games(model, layers, inputs, targets):
-            values = self._values(game, seed)
-            n_evals += game.n_evals
+            values, spent = self._values(game, seed)
+            if not torch.isfinite(values).all():
+                raise ValueError(
+                    f"the game on {names} gave non-finite values: the model's outputs or loss "
+                    "are NaN or infinite on the calibration data"
+                )
+            n_evals += spent
             sizes = [g.n_channels for g in game.groups]
             scores.update(zip(names, values.split(sizes), strict=True))
         return scores, n_evals
@@ -109,11 +115,11 @@ class AnconaShapley(ShapleyCriterion):
         self.permutations, self.spread = permutations, spread
         self.name = "ancona_shapley"
 
-    def _values(self, game: ChannelGame, seed: int) -> torch.Tensor:
-        per_example = _PerExample(game)
+    def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
+        per_example = self._shard(_PerExample(game))
         budget = 2 + self.permutations * max(1, game.n_players - 1)
-        values = self.estimator.estimate(per_example, budget, seed=seed).values  # [n, N]
-        return values.mean(dim=1) + self.spread * values.std(dim=1)
+        result = self.estimator.estimate(per_example, budget, seed=seed)  # values [n, N]
+        return result.values.mean(dim=1) + self.spread * result.values.std(dim=1), result.n_evals
 
 
 class _PerExample:

@@ -1,0 +1,358 @@
+"""``ShapleyPruningCallback``: prune a LightningModule's channels inside a Lightning run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
+from lightning_shapley.criteria import Criterion, ShapleyCriterion, criterion_by_name
+from lightning_shapley.criteria.game_based import ESTIMATORS
+from lightning_shapley.games.distributed import ShardedGame
+from lightning_shapley.metrics import MetricLike, value_function
+from lightning_shapley.plan import PruningPlan, make_plan
+from lightning_shapley.prune import prune
+from lightning_shapley.pruning import prunable_layer_names, replay
+
+__all__ = ["ShapleyPruningCallback", "restore_pruning"]
+
+SCOPES = ("layer", "global")
+CHECKPOINT_KEY = "lightning_shapley"
+
+
+class ShapleyPruningCallback(Callback):
+    """Prune channels by their Shapley value at the end of chosen validation epochs.
+
+    When it fires it draws a few-shot calibration set (``shots`` examples per class from the
+    validation data, reproducibly, unless ``calibration`` is given), scores every prunable
+    layer's channels, removes the lowest physically through torch-pruning, rebuilds the
+    optimizers (carrying the LR schedulers' state), and lets training go on (fine-tuning) or
+    stops it. Under DDP the game's evaluations are shared across ranks and every rank applies
+    the identical plan; the model is then wrapped in DDP again.
+
+    Args:
+        ratio: Share of channels removed by the end of a pruning epoch, counted against the
+            original model: a number in ``[0, 1)``, or a function ``epoch -> ratio`` for an
+            iterative schedule (e.g. ``lambda e: 0.25 * (e + 1)`` with ``epochs=(0, 1, 2)``).
+        epochs: The epoch(s) at whose validation end to prune, or a function ``epoch -> bool``.
+        scope: ``"layer"`` (every layer loses the ratio) or ``"global"`` (one ranking over all
+            layers; Shapley then plays one network-wide game).
+        criterion: ``"shapley"`` (default), any name of
+            :data:`~lightning_shapley.criteria.CRITERIA`, or a ``Criterion``.
+        estimator: Estimator of the Shapley criterion, by name.
+        budget: Game evaluations per game for the Shapley criterion.
+        shots: Calibration examples per class.
+        calibration: Calibration data to use whole instead of the drawn few-shot set: a
+            ``Dataset``, a ``DataLoader`` or an ``(inputs, targets)`` pair.
+        metric: The game's value: ``"cross_entropy"``, ``"accuracy"``, a torchmetrics
+            ``Metric`` or a callable ``(logits, targets) -> scalar`` (higher is better).
+        ablation: ``"zero"`` or ``"mean"`` (removed channels folded into biases as their mean).
+        ignored_layers: Layers never pruned (the classifier head is always left out).
+        min_channels: Channels every layer keeps at least.
+        round_to: Round kept channel counts up to a multiple of this.
+        fine_tune: Keep training after pruning (``False`` stops the fit after the last prune).
+        seed: Seed of the calibration draw and the estimators.
+        verbose: Report each prune in the log.
+
+    Example:
+        >>> callback = ShapleyPruningCallback(ratio=0.5, epochs=2, shots=10)
+        >>> callback.epochs
+        (2,)
+    """
+
+    def __init__(
+        self,
+        ratio: float | Callable[[int], float] = 0.5,
+        *,
+        epochs: int | Sequence[int] | Callable[[int], bool] = 0,
+        scope: str = "layer",
+        criterion: str | Criterion = "shapley",
+        estimator: str = "permutation",
+        budget: int = 1024,
+        shots: int = 10,
+        calibration: Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | None = None,
+        metric: MetricLike = "cross_entropy",
+        ablation: str = "zero",
+        ignored_layers: Sequence[str] = (),
+        min_channels: int = 1,
+        round_to: int | None = None,
+        fine_tune: bool = True,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        if not callable(ratio) and (not isinstance(ratio, int | float) or not 0 <= ratio < 1):
+            raise ValueError(f"ratio must be in [0, 1) or a function of the epoch, got {ratio!r}")
+        if isinstance(epochs, int):
+            epochs = (epochs,)
+        if not callable(epochs):
+            epochs = tuple(epochs)
+            if not epochs or not all(isinstance(e, int) and e >= 0 for e in epochs):
+                raise ValueError(
+                    f"epochs must be non-negative integers or a function, got {epochs!r}"
+                )
+        if scope not in SCOPES:
+            raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
+        if isinstance(criterion, str):
+            criterion_by_name(criterion)  # validates the name
+        elif not isinstance(criterion, Criterion):
+            raise TypeError(
+                f"criterion must be a name or a Criterion, got {type(criterion).__name__}"
+            )
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={estimator!r} is unknown; use one of {tuple(ESTIMATORS)}")
+        if not isinstance(budget, int) or budget < 1:
+            raise ValueError(
+                f"budget must be a positive number of game evaluations, got {budget!r}"
+            )
+        if not isinstance(shots, int) or shots < 1:
+            raise ValueError(f"shots must be a positive integer, got {shots!r}")
+        if ablation not in ("zero", "mean"):
+            raise ValueError(f"ablation={ablation!r} is invalid; use one of ('zero', 'mean')")
+        value_function(metric)  # validates the metric
+        if not isinstance(min_channels, int) or min_channels < 1:
+            raise ValueError(f"min_channels must be a positive integer, got {min_channels!r}")
+        if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+            raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
+        self.ratio, self.epochs, self.scope = ratio, epochs, scope
+        self.criterion, self.estimator, self.budget = criterion, estimator, budget
+        self.shots, self.calibration, self.metric, self.ablation = (
+            shots,
+            calibration,
+            metric,
+            ablation,
+        )
+        self.ignored_layers = tuple(ignored_layers)
+        self.min_channels, self.round_to = min_channels, round_to
+        self.fine_tune, self.seed, self.verbose = fine_tune, seed, verbose
+        # state kept in checkpoints
+        self.pruned_epochs: list[int] = []
+        self.history: list[dict] = []
+        self.original_channels: dict[str, int] = {}
+        self.scores: dict[str, list[float]] = {}
+        self.example_shape: list[int] = []
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """On resume, prune the fresh model as the checkpoint's was, before weights load."""
+        path = trainer.ckpt_path
+        if stage != "fit" or path is None:
+            return
+        checkpoint = trainer.strategy.load_checkpoint(path)
+        restore_pruning(pl_module, checkpoint)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune if this epoch is scheduled (never during the sanity check)."""
+        epoch = trainer.current_epoch
+        if trainer.sanity_checking or not self._is_due(trainer, epoch):
+            return
+        with torch.inference_mode(False), torch.enable_grad():
+            self._prune(trainer, pl_module, epoch)
+        self.pruned_epochs.append(epoch)
+        if not self.fine_tune and not self._more_to_come(epoch):
+            trainer.should_stop = True
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Also store the history at the top level, for ``load_from_checkpoint``."""
+        checkpoint[CHECKPOINT_KEY] = {"history": self.history, "example_shape": self.example_shape}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pruned_epochs": list(self.pruned_epochs),
+            "history": self.history,
+            "original_channels": dict(self.original_channels),
+            "scores": self.scores,
+            "example_shape": list(self.example_shape),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruned_epochs = list(state_dict.get("pruned_epochs", []))
+        self.history = list(state_dict.get("history", []))
+        self.original_channels = dict(state_dict.get("original_channels", {}))
+        self.scores = dict(state_dict.get("scores", {}))
+        self.example_shape = list(state_dict.get("example_shape", []))
+
+    # -- pruning -----------------------------------------------------------------------------
+
+    def _is_due(self, trainer: pl.Trainer, epoch: int) -> bool:
+        if trainer.state.fn != "fit" or epoch in self.pruned_epochs:
+            return False
+        return self.epochs(epoch) if callable(self.epochs) else epoch in self.epochs
+
+    def _more_to_come(self, epoch: int) -> bool:
+        if callable(self.epochs):
+            return False
+        return any(e > epoch for e in self.epochs)
+
+    def _target_ratio(self, epoch: int) -> float:
+        ratio = self.ratio(epoch) if callable(self.ratio) else self.ratio
+        if not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+            raise ValueError(f"ratio({epoch}) must be in [0, 1), got {ratio!r}")
+        return float(ratio)
+
+    def _calibration_data(
+        self, trainer: pl.Trainer, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.calibration is not None:
+            inputs, targets = as_calibration_tensors(self.calibration)
+        else:
+            loaders = trainer.val_dataloaders
+            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+            if loader is None:
+                raise ValueError("ShapleyPruningCallback needs validation data or `calibration=`")
+            if isinstance(getattr(loader, "dataset", None), Dataset):
+                # the whole dataset, not this rank's shard: every rank draws the same set
+                loader = DataLoader(loader.dataset, batch_size=256, shuffle=False)
+            inputs, targets = draw_few_shot(loader, self.shots, seed=self.seed)
+        # clones: tensors made under inference mode cannot take part in autograd
+        return inputs.clone().to(device), targets.clone().to(device)
+
+    def _criterion(self) -> Criterion:
+        if isinstance(self.criterion, Criterion):
+            return self.criterion
+        if self.criterion == "shapley":
+            scope = "network" if self.scope == "global" else "layer"
+            return ShapleyCriterion(self.estimator, self.budget, scope=scope, metric=self.metric,
+                                    ablation=self.ablation)  # fmt: skip
+        return criterion_by_name(self.criterion)
+
+    def _prune(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:
+        device = module.device
+        inputs, targets = self._calibration_data(trainer, device)
+        self.example_shape = list(inputs[:1].shape)
+        layers = prunable_layer_names(module, inputs[:1], ignored=self.ignored_layers)
+        if not layers:
+            raise ValueError("ShapleyPruningCallback found no prunable layer in the model")
+        criterion = self._criterion()
+        shard = None
+        if trainer.world_size > 1:
+            strategy = trainer.strategy
+
+            def shard(game):
+                return ShardedGame(
+                    game.n_players,
+                    game,
+                    strategy.all_gather,
+                    rank=trainer.global_rank,
+                    world_size=trainer.world_size,
+                )
+
+        value = value_function(self.metric)
+        before = _evaluate(module, inputs, targets, value)
+        began = time.perf_counter()
+        try:
+            scores = criterion.score(module, layers, (inputs, targets), seed=self.seed + epoch,
+                                     shard=shard)  # fmt: skip
+        except Exception as error:
+            raise RuntimeError(
+                f"ShapleyPruningCallback: scoring channels failed at epoch {epoch} ({error}); "
+                "the model was left unpruned"
+            ) from error
+        seconds = time.perf_counter() - began
+        plan = self._plan(scores.values, self._target_ratio(epoch), criterion)
+        removed = trainer.strategy.broadcast(plan.removed, src=0)  # decided once, for every rank
+        plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
+        report = prune(module, plan, (inputs, targets), fold_means=self.ablation == "mean")
+        self.history += report.history
+        module._lightning_shapley_history = list(self.history)
+        self.scores = {k: v.tolist() for k, v in scores.values.items()}
+        _rebuild_training(trainer, module)
+        after = _evaluate(module, inputs, targets, value)
+        self._log(trainer, epoch, report, before, after, seconds, scores.n_evals, value.name)
+
+    def _plan(
+        self, scores: dict[str, torch.Tensor], target: float, criterion: Criterion
+    ) -> PruningPlan:
+        """Remove enough of each layer (or of all) to reach ``target`` of the original channels."""
+        for name, s in scores.items():
+            self.original_channels.setdefault(name, len(s))
+        current = {name: len(s) for name, s in scores.items()}
+        normalize = (
+            "none" if isinstance(criterion, ShapleyCriterion) and self.scope == "global" else "mean"
+        )
+        if self.scope == "global":
+            total0 = sum(self.original_channels[n] for n in scores)
+            total = sum(current.values())
+            ratio = max(0.0, (total - (1 - target) * total0) / total)
+        else:
+            ratio = {
+                n: max(0.0, (current[n] - (1 - target) * self.original_channels[n]) / current[n])
+                for n in scores
+            }
+        return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
+                         min_channels=self.min_channels, round_to=self.round_to)  # fmt: skip
+
+    def _log(self, trainer, epoch, report, before, after, seconds, n_evals, metric_name) -> None:
+        metrics = {
+            f"pruning/{metric_name}_before": before,
+            f"pruning/{metric_name}_after": after,
+            "pruning/params": float(report.params_after),
+            "pruning/macs": float(report.macs_after),
+            "pruning/estimation_seconds": seconds,
+            "pruning/evaluations": float(n_evals),
+            **{f"pruning/channels/{k}": float(v) for k, v in report.channels_after.items()},
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.verbose:
+            rank_zero_info(
+                f"ShapleyPruningCallback (epoch {epoch}): removed {report.achieved_ratio:.1%} of "
+                f"the channels; params {report.params_before:,} → {report.params_after:,}, MACs "
+                f"{report.macs_before:,} → {report.macs_after:,}; calibration {metric_name} "
+                f"{before:.4f} → {after:.4f}; estimation {seconds:.1f} s, {n_evals:,} evaluations"
+            )
+
+
+def _evaluate(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, value) -> float:
+    training = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            logits = torch.cat([module(x) for x in inputs.split(256)])
+        return float(value(logits.unsqueeze(0), targets)[0])
+    finally:
+        for m, mode in training:
+            m.training = mode
+
+
+def _rebuild_training(trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    """New parameters need new optimizers (LR schedules carried over) and a new DDP wrapper."""
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and strategy.model is not module:
+        strategy.model = strategy._setup_model(module)
+    schedules = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+    strategy.setup_optimizers(trainer)
+    configs = trainer.lr_scheduler_configs
+    if len(configs) == len(schedules):
+        for config, state in zip(configs, schedules, strict=True):
+            config.scheduler.load_state_dict(state)
+            for group, lr in zip(config.scheduler.optimizer.param_groups,
+                                 config.scheduler.get_last_lr(), strict=True):  # fmt: skip
+                group["lr"] = lr
+
+
+def restore_pruning(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Prune a freshly built ``module`` as recorded in a checkpoint, before its weights load.
+
+    Call it from ``LightningModule.on_load_checkpoint`` so that ``load_from_checkpoint`` works
+    for a pruned run (``ShapleyPruningCallback`` calls it itself when a fit resumes). Nothing
+    happens when the checkpoint holds no pruning or the module is already pruned that way.
+    """
+    saved = checkpoint.get(CHECKPOINT_KEY) or {}
+    history = list(saved.get("history", []))
+    if not history or getattr(module, "_lightning_shapley_history", []) == history:
+        return
+    example = torch.zeros(saved["example_shape"], device=next(module.parameters()).device)
+    replay(module, history, example)
+    module._lightning_shapley_history = history

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_shapley import ShapleyPruningCallback
+from lightning_shapley.criteria import Criterion
+from tests.lightning_modules import DigitsModule, digits_loaders, trainer
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_prunes_at_the_chosen_epoch_and_keeps_training(tmp_path):
+    torch.manual_seed(0)
+    module = DigitsModule()
+    train, val = digits_loaders()
+    before = n_params(module)
+    callback = ShapleyPruningCallback(0.5, epochs=1, budget=128, shots=5)
+    fit = trainer(tmp_path, [callback], logger=CSVLogger(tmp_path))
+    fit.fit(module, train, val)
+    assert callback.pruned_epochs == [1]
+    assert n_params(module) < 0.6 * before
+    assert module.net[0].out_channels == 4
+    # the optimizer trains the new parameters and the LR schedule went on (3 steps of × 0.5)
+    optimizer = fit.optimizers[0]
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in module.parameters()
+    }
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
+    assert fit.global_step == 3 * len(train)  # training went on after the prune
+    logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    keys = ("pruning/params", "pruning/macs", "pruning/cross_entropy_before",
+            "pruning/estimation_seconds", "pruning/evaluations",
+            "pruning/channels/net.0")  # fmt: skip
+    assert all(key in logged for key in keys)
+    assert 0.2 < fit.validate(module, val, verbose=False)[0]["val_acc"] <= 1  # above chance
+    assert callback.pruned_epochs == [1]  # validate does not prune
+
+
+def test_iterative_schedule_and_global_scope(tmp_path):
+    module = DigitsModule()
+    train, val = digits_loaders()
+    callback = ShapleyPruningCallback(
+        lambda epoch: 0.25 * (epoch + 1), epochs=(0, 1), criterion="l1", scope="layer"
+    )
+    trainer(tmp_path, [callback]).fit(module, train, val)
+    assert [module.net[i].out_channels for i in (0, 3, 7)] == [4, 4, 8]  # 50 % after two steps
+    assert module.net[12].out_features == 32
+    assert len([s for s in callback.history if s["op"] == "prune"]) == 8  # 4 layers, 2 steps
+
+    module = DigitsModule()
+    callback = ShapleyPruningCallback(0.5, scope="global", budget=200, fine_tune=False)
+    fit = trainer(tmp_path, [callback], max_epochs=5)
+    fit.fit(module, train, val)
+    assert fit.current_epoch == 1  # stopped after the prune at epoch 0
+    total = sum(module.net[i].out_channels for i in (0, 3, 7)) + module.net[12].out_features
+    assert total == pytest.approx(0.5 * (8 + 8 + 16 + 64), abs=1)
+
+
+def test_resume_rebuilds_the_pruned_model_and_load_from_checkpoint_works(tmp_path):
+    torch.manual_seed(0)
+    module = DigitsModule()
+    train, val = digits_loaders()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    callback = ShapleyPruningCallback(0.5, epochs=0, criterion="l1")
+    trainer(tmp_path, [callback, checkpoint], max_epochs=2, enable_checkpointing=True).fit(
+        module, train, val
+    )
+    x = next(iter(val))[0]
+    module.eval()
+    with torch.no_grad():
+        expected = module(x)
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+
+    resumed, callback2 = DigitsModule(), ShapleyPruningCallback(0.5, epochs=0, criterion="l1")
+    fit = trainer(tmp_path, [callback2], max_epochs=2)
+    fit.fit(resumed, train, val, ckpt_path=last)  # nothing left to train: state as saved
+    resumed.eval()
+    with torch.no_grad():
+        assert torch.equal(resumed(x), expected)
+    assert callback2.pruned_epochs == [0] and callback2.history == callback.history
+
+    trainer(tmp_path, [ShapleyPruningCallback(0.5, epochs=0)], max_epochs=3).fit(
+        DigitsModule(), train, val, ckpt_path=last
+    )  # and training can go on
+
+    loaded = DigitsModule.load_from_checkpoint(last, weights_only=True)
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+
+
+def test_runs_under_no_grad_validation_and_restores_modes(tmp_path):
+    module = DigitsModule()
+    train, val = digits_loaders()
+    callback = ShapleyPruningCallback(0.25, budget=64, criterion="taylor")
+    trainer(tmp_path, [callback], max_epochs=1, inference_mode=False).fit(module, train, val)
+    assert module.training
+    assert all(p.requires_grad and not p.is_inference() for p in module.parameters())
+
+
+class Exploding(Criterion):
+    name = "exploding"
+
+    def _score(self, model, layers, inputs, targets, seed):
+        raise RuntimeError("boom")
+
+
+def test_a_failure_in_estimation_leaves_the_model_unpruned(tmp_path):
+    module = DigitsModule()
+    train, val = digits_loaders()
+    before = n_params(module)
+    with pytest.raises(RuntimeError, match="left unpruned"):
+        trainer(tmp_path, [ShapleyPruningCallback(0.5, criterion=Exploding())]).fit(
+            module, train, val
+        )
+    assert n_params(module) == before
+    assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_nan_outputs_are_reported(tmp_path):
+    module = DigitsModule()
+    train, val = digits_loaders()
+    with torch.no_grad():
+        module.net[12].weight.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
+        trainer(tmp_path, [ShapleyPruningCallback(0.5, budget=64)], max_epochs=1).fit(
+            module, train, val
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"),
+        ({"ratio": -0.5}, r"ratio must be in \[0, 1\)"),
+        ({"epochs": -1}, "epochs must be non-negative"),
+        ({"epochs": ()}, "epochs must be non-negative"),
+        ({"scope": "everything"}, "scope='everything' is invalid"),
+        ({"criterion": "l3"}, "criterion 'l3' is unknown"),
+        ({"estimator": "magic"}, "estimator='magic' is unknown"),
+        ({"budget": 0}, "budget must be a positive"),
+        ({"shots": 0}, "shots must be a positive"),
+        ({"ablation": "noise"}, "ablation='noise' is invalid"),
+        ({"metric": "f1"}, "metric='f1' is unknown"),
+        ({"min_channels": 0}, "min_channels"),
+        ({"round_to": 0}, "round_to"),
+    ],
+)
+def test_misconfiguration_raises_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ShapleyPruningCallback(**kwargs)
+
+
+def test_state_dict_round_trip():
+    callback = ShapleyPruningCallback(0.5)
+    callback.pruned_epochs, callback.history = [0], [{"op": "prune", "layer": "a", "channels": [1]}]
+    other = ShapleyPruningCallback(0.5)
+    other.load_state_dict(callback.state_dict())
+    assert other.state_dict() == callback.state_dict()
+    other.load_state_dict({})
+    assert other.pruned_epochs == []
