@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -9,13 +10,19 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
-from lightning_shapley.criteria import Criterion, ShapleyCriterion, criterion_by_name
+from lightning_shapley.criteria import (
+    ChannelScores,
+    Criterion,
+    ShapleyCriterion,
+    criterion_by_name,
+)
 from lightning_shapley.criteria.game_based import ESTIMATORS
 from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import MetricLike, value_function
@@ -250,10 +257,12 @@ class ShapleyPruningCallback(Callback):
 
         value = value_function(self.metric)
         before = _evaluate(module, inputs, targets, value)
+        accuracy_before = _evaluate(module, inputs, targets, value_function("accuracy"))
         began = time.perf_counter()
         try:
-            scores = criterion.score(module, layers, (inputs, targets), seed=self.seed + epoch,
-                                     shard=shard)  # fmt: skip
+            scores = self._score(
+                trainer, criterion, module, layers, (inputs, targets), epoch, shard
+            )
         except Exception as error:
             raise RuntimeError(
                 f"ShapleyPruningCallback: scoring channels failed at epoch {epoch} ({error}); "
@@ -269,7 +278,29 @@ class ShapleyPruningCallback(Callback):
         self.scores = {k: v.tolist() for k, v in scores.values.items()}
         _rebuild_training(trainer, module)
         after = _evaluate(module, inputs, targets, value)
-        self._log(trainer, epoch, report, before, after, seconds, scores.n_evals, value.name)
+        accuracy_after = _evaluate(module, inputs, targets, value_function("accuracy"))
+        values = {value.name: (before, after), "accuracy": (accuracy_before, accuracy_after)}
+        self._log(trainer, epoch, report, seconds, scores.n_evals, values)
+
+    def _score(self, trainer, criterion, module, layers, data, epoch, shard) -> ChannelScores:
+        """Score layer by layer (one game each) or all at once, with a progress bar."""
+        units = [layers] if self.scope == "global" else [[layer] for layer in layers]
+        bar = Tqdm(
+            total=len(units), desc=f"Pruning: scoring channels ({criterion.name})", leave=False,
+            disable=trainer.progress_bar_callback is None or not trainer.is_global_zero,
+            dynamic_ncols=True, file=sys.stdout,
+        )  # fmt: skip
+        values, n_evals = {}, 0
+        try:
+            for index, unit in enumerate(units):
+                seed = self.seed + 1000 * epoch + index
+                result = criterion.score(module, unit, data, seed=seed, shard=shard)
+                values.update(result.values)
+                n_evals += result.n_evals
+                bar.update(1)
+        finally:
+            bar.close()
+        return ChannelScores(values, n_evals, 0.0)
 
     def _plan(
         self, scores: dict[str, torch.Tensor], target: float, criterion: Criterion
@@ -293,24 +324,26 @@ class ShapleyPruningCallback(Callback):
         return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
                          min_channels=self.min_channels, round_to=self.round_to)  # fmt: skip
 
-    def _log(self, trainer, epoch, report, before, after, seconds, n_evals, metric_name) -> None:
+    def _log(self, trainer, epoch, report, seconds, n_evals, values) -> None:
+        """Metrics to the Trainer's loggers, one line to the console (rank zero)."""
         metrics = {
-            f"pruning/{metric_name}_before": before,
-            f"pruning/{metric_name}_after": after,
             "pruning/params": float(report.params_after),
             "pruning/macs": float(report.macs_after),
             "pruning/estimation_seconds": seconds,
             "pruning/evaluations": float(n_evals),
             **{f"pruning/channels/{k}": float(v) for k, v in report.channels_after.items()},
         }
+        for name, (before, after) in values.items():
+            metrics[f"pruning/{name}_before"], metrics[f"pruning/{name}_after"] = before, after
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
+            changes = ", ".join(f"{name} {b:.4f} → {a:.4f}" for name, (b, a) in values.items())
             rank_zero_info(
                 f"ShapleyPruningCallback (epoch {epoch}): removed {report.achieved_ratio:.1%} of "
                 f"the channels; params {report.params_before:,} → {report.params_after:,}, MACs "
-                f"{report.macs_before:,} → {report.macs_after:,}; calibration {metric_name} "
-                f"{before:.4f} → {after:.4f}; estimation {seconds:.1f} s, {n_evals:,} evaluations"
+                f"{report.macs_before:,} → {report.macs_after:,}; on the calibration set: "
+                f"{changes}; estimation {seconds:.1f} s, {n_evals:,} evaluations"
             )
 
 
