@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["load_digits", "load_mnist_idx", "split_indices"]
+__all__ = ["load_cifar10", "load_digits", "load_mnist_idx", "split_indices"]
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,3 +62,44 @@ def split_indices(n: int, fractions: tuple[float, ...], *, seed: int = 0) -> lis
     sizes = [int(f * n) for f in fractions[:-1]]
     sizes.append(n - sum(sizes))
     return list(order.split(sizes))
+
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def load_cifar10(
+    root: str | Path, train: bool, *, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from torchvision's on-disk format (``root/cifar-10-batches-py``).
+
+    Returns normalised images ``[N, 3, 32, 32]`` and labels ``[N]``. With ``download=True``
+    torchvision fetches and verifies the archive first (where there is a network).
+
+    Raises:
+        FileNotFoundError: If the batches are not there and ``download`` is off.
+    """
+    folder = Path(root) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    if download and not all((folder / n).exists() for n in names):
+        import torchvision
+
+        torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 batches {missing} not found under {folder}; set download: true where "
+            "there is a network, or point root at a folder holding cifar-10-batches-py"
+        )
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch["labels"])
+    x = torch.from_numpy(np.concatenate(images)).float() / 255.0
+    mean, std = (
+        torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1),
+        torch.tensor(CIFAR10_STD).view(1, 3, 1, 1),
+    )
+    return (x - mean) / std, torch.tensor(labels, dtype=torch.long)

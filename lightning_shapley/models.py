@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["CifarResNet", "DigitsCNN", "LeNet5", "cifar_vgg"]
+__all__ = ["CifarResNet", "DigitsCNN", "LeNet5", "cifar_vgg", "small_vgg"]
 
 
 class DigitsCNN(nn.Sequential):
@@ -37,6 +37,19 @@ class LeNet5(nn.Sequential):
             nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
             nn.Linear(84, num_classes),
         )  # fmt: skip
+
+
+def small_vgg(in_channels: int = 1, num_classes: int = 10, width: float = 1.0) -> nn.Sequential:
+    """A small VGG-style network for 28×28 digits ``[B, 1, 28, 28]``: two conv stages of two
+    3×3 convolutions with batch norm, then flatten→linear→linear."""
+    a, b = max(1, int(32 * width)), max(1, int(64 * width))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, a, 3, padding=1), nn.BatchNorm2d(a), nn.ReLU(),
+        nn.Conv2d(a, a, 3, padding=1), nn.BatchNorm2d(a), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
+        nn.Conv2d(b, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(b * 7 * 7, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )  # fmt: skip
 
 
 VGG_CONFIGS = {

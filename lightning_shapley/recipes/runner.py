@@ -1,0 +1,208 @@
+"""Run a recipe: obtain the model, then prune it every way the recipe asks and judge each."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from lightning_shapley.calibration import few_shot_indices
+from lightning_shapley.criteria import Criterion, ShapleyCriterion, criterion_by_name
+from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
+from lightning_shapley.plan import make_plan
+from lightning_shapley.prune import prune
+from lightning_shapley.pruning import count_params_and_macs, prunable_layer_names
+from lightning_shapley.recipes.data import RecipeData, load_data, targets_of
+from lightning_shapley.recipes.report import write_report
+from lightning_shapley.recipes.schema import ModelSpec, Recipe
+
+__all__ = ["build_model", "run_recipe"]
+
+
+def build_model(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """A freshly initialised model of the recipe's architecture."""
+    w, channels = spec.width, input_shape[0]
+    builders = {
+        "digits_cnn": lambda: DigitsCNN(width=max(1, int(16 * w)), num_classes=num_classes),
+        "lenet5": lambda: LeNet5(num_classes=num_classes),
+        "small_vgg": lambda: small_vgg(channels, num_classes, width=w),
+        "cifar_resnet20": lambda: CifarResNet(20, num_classes, width=max(1, int(16 * w))),
+        "cifar_resnet56": lambda: CifarResNet(56, num_classes, width=max(1, int(16 * w))),
+        "cifar_vgg11": lambda: cifar_vgg("vgg11", num_classes, width=w),
+        "cifar_vgg16": lambda: cifar_vgg("vgg16", num_classes, width=w),
+        "resnet18": lambda: torchvision.models.resnet18(num_classes=num_classes),
+        "resnet50": lambda: torchvision.models.resnet50(num_classes=num_classes),
+        "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=num_classes),
+    }
+    return builders[spec.architecture]()
+
+
+def _cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-shapley"
+    return Path(os.environ.get("LIGHTNING_SHAPLEY_CACHE", default)) / "models"
+
+
+def obtain_model(recipe: Recipe, data: RecipeData, instance: int) -> nn.Module:
+    """The model to prune: loaded from ``model.checkpoint``, or trained once and cached."""
+    spec = recipe.model
+    model = build_model(spec, data.num_classes, data.input_shape)
+    if spec.checkpoint:
+        state = torch.load(spec.checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        own = set(model.state_dict())
+        if not own & set(state):  # a LightningModule's keys carry the attribute's name
+            state = {k.split(".", 1)[1]: v for k, v in state.items() if "." in k}
+        model.load_state_dict(state)
+        return model.eval()
+    key = json.dumps({"data": asdict(recipe.data), "model": asdict(spec), "instance": instance},
+                     sort_keys=True)  # fmt: skip
+    path = _cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    train(model, data.train, spec.epochs, spec.lr, spec.batch_size, seed=1000 + instance)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def train(
+    model: nn.Module, dataset: Dataset, epochs: int, lr: float, batch_size: int, *, seed: int,
+    freeze_batchnorm: bool = False,
+) -> None:  # fmt: skip
+    """Adam on cross-entropy; ``freeze_batchnorm`` keeps BN statistics (few-shot fine-tuning)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    device = next(model.parameters()).device
+    for _ in range(epochs):
+        model.train()
+        if freeze_batchnorm:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        for x, y in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+            optimizer.step()
+    model.eval()
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` on a dataset."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct, loss, count = 0, 0.0, 0
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            count += len(y)
+    return correct / count, loss / count
+
+
+def _criterion(name: str, recipe: Recipe) -> Criterion:
+    p = recipe.pruning
+    if name == "shapley":
+        scope = "network" if p.scope == "global" else "layer"
+        return ShapleyCriterion(p.estimator, p.budget, scope=scope, ablation=p.ablation)
+    return criterion_by_name(name)
+
+
+def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.tensor(
+        [int(y) for _, y in pairs]
+    )
+
+
+def run_recipe(recipe: Recipe, output: str | Path | None = None, *, progress: bool = True) -> Path:
+    """Run every combination the recipe names and write the report; returns its folder."""
+    out = Path(output or recipe.output.format(name=recipe.name))
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(recipe.data)
+    p = recipe.pruning
+    pool_targets = targets_of(data.pool)
+    jobs = recipe.model.instances * len(p.shots) * len(p.seeds) * len(p.criteria)
+    bar = tqdm(total=jobs, desc=f"{recipe.name}", disable=not progress, dynamic_ncols=True)
+    rows: list[dict] = []
+    for instance in range(recipe.model.instances):
+        bar.set_postfix_str(f"model {instance}: training or loading")
+        model = obtain_model(recipe, data, instance).to(recipe.device)
+        accuracy, loss = evaluate(model, data.test)
+        example = _tensors(Subset(data.pool, [0]))[0].to(recipe.device)
+        params, macs = count_params_and_macs(model, example)
+        rows.append(dict(instance=instance, criterion="unpruned", ratio=0.0, shots=0, seed=0,
+                         fine_tune_epochs=0, accuracy=accuracy, loss=loss, params=params,
+                         macs=macs, seconds=0.0, evaluations=0))  # fmt: skip
+        layers = prunable_layer_names(model, example, ignored=tuple(p.ignored_layers))
+        for shots in p.shots:
+            for seed in p.seeds:
+                chosen = few_shot_indices(pool_targets, shots, seed=seed).tolist()
+                calibration = Subset(data.pool, chosen)
+                x, y = _tensors(calibration)
+                for name in p.criteria:
+                    bar.set_postfix_str(f"model {instance}, {shots} shots, seed {seed}: {name}")
+                    rows += _prune_and_judge(model, layers, name, recipe, (x, y), calibration,
+                                             data.test, seed, instance, shots)  # fmt: skip
+                    bar.update(1)
+    bar.close()
+    write_report(rows, out, recipe)
+    return out
+
+
+def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed, instance, shots):
+    p, ft = recipe.pruning, recipe.fine_tune
+    criterion = _criterion(name, recipe)
+    normalize = "none" if name == "shapley" and p.scope == "global" else "mean"
+    device = recipe.device
+    calib = (calib[0].to(device), calib[1].to(device))
+    base = dict(instance=instance, criterion=name, shots=shots, seed=seed)
+    rows = []
+    one_shot = None
+    if p.schedule == "one_shot":
+        began = time.perf_counter()
+        one_shot = criterion.score(model, layers, calib, seed=seed)
+        one_shot_seconds = time.perf_counter() - began
+    for ratio in p.ratios:
+        pruned = copy.deepcopy(model)
+        if one_shot is not None:
+            plan = make_plan(one_shot.values, ratio, scope=p.scope, normalize=normalize)
+            prune(pruned, plan, calib, fold_means=p.ablation == "mean")
+            seconds, evaluations = one_shot_seconds, one_shot.n_evals
+        else:  # layer by layer, first to last, each scored on the partly pruned model
+            seconds, evaluations = 0.0, 0
+            for layer in layers:
+                began = time.perf_counter()
+                scores = criterion.score(pruned, [layer], calib, seed=seed)
+                seconds += time.perf_counter() - began
+                evaluations += scores.n_evals
+                prune(
+                    pruned, make_plan(scores.values, ratio), calib, fold_means=p.ablation == "mean"
+                )
+        params, macs = count_params_and_macs(pruned, calib[0][:1])
+        done = 0
+        for epochs in sorted(set(ft.epochs)):
+            if epochs > done:
+                train(pruned, calibration, epochs - done, ft.lr, ft.batch_size, seed=seed,
+                      freeze_batchnorm=True)  # fmt: skip
+                done = epochs
+            accuracy, loss = evaluate(pruned, test)
+            rows.append(dict(base, ratio=ratio, fine_tune_epochs=epochs, accuracy=accuracy,
+                             loss=loss, params=params, macs=macs, seconds=seconds,
+                             evaluations=evaluations))  # fmt: skip
+    return rows
