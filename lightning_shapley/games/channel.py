@@ -113,9 +113,13 @@ class ChannelGame:
         with _evaluating(model):
             self._masks = self._consumer_masks()
             self._program, self._caches = self._build_program(strategy)
-            activation_bytes = _activation_bytes(model, self._batches[0])
+            per_coalition = (
+                self._program.peak_bytes(self._caches[0], self._ones(1))
+                if self._program is not None
+                else _activation_bytes(model, self._batches[0])
+            )
         self.strategy = strategy if self._program is not None else "full"
-        max_chunk = max(1, min(4096, self.memory_budget // activation_bytes))
+        max_chunk = max(1, min(4096, self.memory_budget // per_coalition))
         self._tuner = _ChunkTuner(chunk_size, max_chunk)
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -145,6 +149,11 @@ class ChannelGame:
                 start += len(chunk)
         self.n_evals += len(masks)
         return torch.cat(chunks)
+
+    def _ones(self, m: int) -> torch.Tensor:
+        """Float masks ``[m, n_players]`` keeping everyone, on the data's device and dtype."""
+        first = self._batches[0]
+        return torch.ones(m, self.n_players, dtype=first.dtype, device=first.device)
 
     def _chunk_logits(self, masks: torch.Tensor) -> torch.Tensor:
         m = len(masks)
@@ -202,7 +211,7 @@ class ChannelGame:
             graph = fx.symbolic_trace(self.model).graph
             program = SuffixProgram(self.model, graph, self._masks, self.n_players, budget)
             cache = program.run_prefix(first)
-            masks = torch.ones(2, self.n_players, dtype=first.dtype, device=first.device)
+            masks = self._ones(2)
             masks[1, ::2] = 0
             cached, full = program.run_suffix(cache, masks), self._full_forward(first, masks)
             if not torch.allclose(
@@ -232,13 +241,18 @@ class _ChunkTuner:
     """Chooses coalitions per forward: fixed, or by timing doubling sizes on real work.
 
     Stacking coalitions into one batch is not free on a CPU (cache pressure), so ``"auto"``
-    doubles the chunk while the time per coalition improves by more than 10 % and keeps the best.
+    times each size on two chunks (keeping the faster, to shrug off noise), doubles the size
+    until the time per coalition is clearly (10 %) worse than the best seen or the memory bound
+    is reached, and keeps the best.
     """
+
+    TRIES = 2
 
     def __init__(self, chunk_size: int | str, max_chunk: int) -> None:
         self.max_chunk = max_chunk
         self.size = min(chunk_size, max_chunk) if isinstance(chunk_size, int) else None
-        self._trial, self._best, self._best_time = 1, 1, float("inf")
+        self._trial, self._times = 1, []
+        self._best, self._best_time = 1, float("inf")
 
     def next_size(self) -> int:
         return self.size if self.size is not None else self._trial
@@ -246,17 +260,21 @@ class _ChunkTuner:
     def record(self, size: int, seconds: float) -> None:
         if self.size is not None or size != self._trial:
             return
-        per_coalition = seconds / size
-        if per_coalition < 0.9 * self._best_time:
+        self._times.append(seconds / size)
+        if len(self._times) < self.TRIES:
+            return
+        per_coalition, self._times = min(self._times), []
+        if per_coalition < self._best_time:
             self._best, self._best_time = size, per_coalition
-            if size * 2 <= self.max_chunk:
-                self._trial = size * 2
-                return
-        self.size = self._best
+        if per_coalition <= 1.1 * self._best_time and size * 2 <= self.max_chunk:
+            self._trial = size * 2
+        else:
+            self.size = self._best
 
 
 def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the layer outputs of one forward on ``x``: a bound on one coalition's memory."""
+    """Bytes of the layer outputs of one forward on ``x``: a bound on one coalition's memory
+    when the whole model runs per coalition."""
     total = 0
 
     def count(module: nn.Module, args: tuple, output: object) -> None:

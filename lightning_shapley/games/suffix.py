@@ -103,11 +103,24 @@ class SuffixProgram:
                 budget -= result[1].numel() * result[1].element_size()
         return cache
 
-    def run_suffix(self, cache: PrefixCache, masks: torch.Tensor) -> torch.Tensor:
-        """Model outputs ``[m · B, ...]`` for coalitions ``masks`` ``[m, n]`` (float)."""
+    def peak_bytes(self, cache: PrefixCache, mask: torch.Tensor) -> int:
+        """Most bytes of suffix values alive at once while one coalition ``mask`` ``[1, n]``
+        runs on ``cache``."""
+        self._peak = 0
+        self.run_suffix(cache, mask, track=True)
+        return max(1, self._peak)
+
+    def run_suffix(
+        self, cache: PrefixCache, masks: torch.Tensor, *, track: bool = False
+    ) -> torch.Tensor:
+        """Model outputs ``[m · B, ...]`` for coalitions ``masks`` ``[m, n]`` (float).
+
+        With ``track``, the peak bytes of live suffix values are recorded (``peak_bytes``).
+        """
         m, batch = len(masks), cache.batch_size
         env: dict[fx.Node, Any] = {}
         expanded: dict[fx.Node, Any] = {}
+        live = 0
 
         def value(node: fx.Node) -> Any:
             if node in env:
@@ -137,8 +150,13 @@ class SuffixProgram:
                 env[node] = self._modules[node.target](*args, **fx.node.map_arg(node.kwargs, value))
             else:
                 env[node] = self._execute(node, value, None)
+            if track:
+                live += _nbytes(env[node])
+                self._peak = max(self._peak, live + sum(_nbytes(v) for v in expanded.values()))
             for done in self._last_use.get(index, ()):
-                env.pop(done, None)
+                gone = env.pop(done, None)
+                if track:
+                    live -= _nbytes(gone)
         raise RuntimeError("the traced graph has no output")  # pragma: no cover
 
     def _execute(self, node: fx.Node, value: Callable[[fx.Node], Any], inputs: Any) -> Any:
@@ -159,6 +177,10 @@ class SuffixProgram:
         if node.op == "call_module":
             return self._modules[node.target](*args, **kwargs)
         raise RuntimeError(f"unexpected fx node {node.op}")  # pragma: no cover
+
+
+def _nbytes(value: Any) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
 def _last_uses(nodes: list[fx.Node]) -> dict[int, list[fx.Node]]:
