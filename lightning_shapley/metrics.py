@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import Metric
 
 __all__ = ["ValueFunction", "value_function"]
@@ -48,9 +47,10 @@ class ValueFunction:
 
 
 def _negative_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    m, n, k = logits.shape
-    losses = F.cross_entropy(logits.reshape(m * n, k).float(), targets.repeat(m), reduction="none")
-    return -losses.view(m, n)
+    # logsumexp − gather: the same as −cross_entropy, several times faster on CPU for few classes
+    logits = logits.float()
+    picked = logits.gather(-1, targets.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: more torch threads only make each one wait for the other
+    torch.set_num_threads(1)
 
 
 class ConcatNet(nn.Module):

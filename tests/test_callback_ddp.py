@@ -13,7 +13,12 @@ SCRIPT = Path(__file__).with_name("ddp_fit.py")
 
 
 def run(out: Path, devices: int) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
     subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices)], check=True, env=env,
                    timeout=300, capture_output=True)  # fmt: skip
 

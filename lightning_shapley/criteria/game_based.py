@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from lightning_shapley.criteria.base import Criterion
@@ -37,7 +39,8 @@ class ShapleyCriterion(Criterion):
     Args:
         estimator: An estimator name (``"exact"``, ``"permutation"``, ``"loo"``, …) or object.
         budget: Game evaluations per game (``None``: the estimator's own, e.g. ``n + 1`` for
-            leave-one-out).
+            leave-one-out). Raised, with a warning, where a layer needs more than this for one
+            estimate (an antithetic permutation pair costs ``2n`` on ``n`` channels).
         scope: ``"layer"`` (one game per layer) or ``"network"`` (one game over all layers'
             channels, whose values share one scale).
         metric: The game's value (see :class:`~lightning_shapley.games.ChannelGame`).
@@ -72,7 +75,16 @@ class ShapleyCriterion(Criterion):
         ]
 
     def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
-        result = self.estimator.estimate(self._shard(game), self.budget, seed=seed)
+        budget = self.budget
+        if budget is not None and budget < self.estimator.min_budget(game.n_players):
+            budget = self.estimator.min_budget(game.n_players)
+            warnings.warn(
+                f"budget={self.budget} is below what {type(self.estimator).__name__} needs for "
+                f"the {game.n_players} channels of {[g.layer for g in game.groups]}; using "
+                f"{budget} evaluations there",
+                stacklevel=4,
+            )
+        result = self.estimator.estimate(self._shard(game), budget, seed=seed)
         return result.values, result.n_evals
 
     def _score(self, model, layers, inputs, targets, seed):

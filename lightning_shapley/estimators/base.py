@@ -37,6 +37,10 @@ class Estimator:
         """Estimate the Shapley values of ``game`` within ``budget`` evaluations."""
         raise NotImplementedError
 
+    def min_budget(self, n_players: int) -> int:
+        """The fewest evaluations this estimator can work with on ``n_players`` players."""
+        return 1
+
     @staticmethod
     def _check_game(game: Game) -> int:
         n = getattr(game, "n_players", None)

@@ -42,6 +42,10 @@ class ExactShapley(Estimator):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size, self.max_players = batch_size, max_players
 
+    def min_budget(self, n_players: int) -> int:
+        """All ``2^n`` coalitions."""
+        return 2**n_players
+
     def estimate(self, game: Game, budget: int | None = None, *, seed: int = 0) -> ShapleyEstimate:
         """Exact values; a given ``budget`` must cover ``2^n`` evaluations (``seed`` is unused)."""
         n = self._check_game(game)

@@ -21,6 +21,10 @@ class LeaveOneOut(Estimator):
         tensor([1., 2.], dtype=torch.float64)
     """
 
+    def min_budget(self, n_players: int) -> int:
+        """``v(N)`` and every ``v(N ∖ {i})``."""
+        return n_players + 1
+
     def estimate(self, game: Game, budget: int | None = None, *, seed: int = 0) -> ShapleyEstimate:
         """Leave-one-out values; ``budget`` (if given) must cover ``n + 1``. ``seed`` is unused."""
         n = self._check_game(game)

@@ -39,6 +39,10 @@ class PermutationShapley(Estimator):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.antithetic, self.batch_size = antithetic, batch_size
 
+    def min_budget(self, n_players: int) -> int:
+        """``v(N)``, ``v(∅)`` and one permutation (a pair when antithetic)."""
+        return 2 + (2 if self.antithetic else 1) * max(0, n_players - 1)
+
     def estimate(self, game: Game, budget: int | None = None, *, seed: int = 0) -> ShapleyEstimate:
         """Estimate with as many (pairs of) permutations as ``budget`` evaluations allow."""
         n = self._check_game(game)
@@ -46,7 +50,7 @@ class PermutationShapley(Estimator):
             raise ValueError("PermutationShapley needs a budget (game evaluations)")
         unit = 2 if self.antithetic else 1
         per_permutation = n - 1
-        self._check_budget(budget, 2 + unit * per_permutation, type(self).__name__)
+        self._check_budget(budget, self.min_budget(n), type(self).__name__)
         n_perms = (budget - 2) // max(1, per_permutation) // unit * unit if n > 1 else unit
         generator = torch.Generator().manual_seed(seed)
         orders = torch.argsort(torch.rand(n_perms // unit, n, generator=generator), dim=1)

@@ -240,10 +240,11 @@ class ChannelGame:
 class _ChunkTuner:
     """Chooses coalitions per forward: fixed, or by timing doubling sizes on real work.
 
-    Stacking coalitions into one batch is not free on a CPU (cache pressure), so ``"auto"``
-    times each size on two chunks (keeping the faster, to shrug off noise), doubles the size
-    until the time per coalition is clearly (10 %) worse than the best seen or the memory bound
-    is reached, and keeps the best.
+    Stacking coalitions into one batch is not free on a CPU (cache pressure), and matrix
+    products are not monotonic in their size, so ``"auto"`` times each size on two chunks
+    (keeping the faster, to shrug off noise), doubles the size until the time per coalition is
+    50 % worse than the best seen or the memory bound is reached, and keeps the best. All timed
+    chunks are real work. Calls too small to fill the trial size settle it at the best so far.
     """
 
     TRIES = 2
@@ -251,14 +252,19 @@ class _ChunkTuner:
     def __init__(self, chunk_size: int | str, max_chunk: int) -> None:
         self.max_chunk = max_chunk
         self.size = min(chunk_size, max_chunk) if isinstance(chunk_size, int) else None
-        self._trial, self._times = 1, []
+        self._trial, self._times, self._short = 1, [], 0
         self._best, self._best_time = 1, float("inf")
 
     def next_size(self) -> int:
         return self.size if self.size is not None else self._trial
 
     def record(self, size: int, seconds: float) -> None:
-        if self.size is not None or size != self._trial:
+        if self.size is not None:
+            return
+        if size < self._trial:  # the call ran out of coalitions before the trial size
+            self._short += 1
+            if self._short >= 3:
+                self.size = self._best
             return
         self._times.append(seconds / size)
         if len(self._times) < self.TRIES:
@@ -266,7 +272,7 @@ class _ChunkTuner:
         per_coalition, self._times = min(self._times), []
         if per_coalition < self._best_time:
             self._best, self._best_time = size, per_coalition
-        if per_coalition <= 1.1 * self._best_time and size * 2 <= self.max_chunk:
+        if per_coalition <= 1.5 * self._best_time and size * 2 <= self.max_chunk:
             self._trial = size * 2
         else:
             self.size = self._best

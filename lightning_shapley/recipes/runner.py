@@ -58,6 +58,10 @@ def obtain_model(recipe: Recipe, data: RecipeData, instance: int) -> nn.Module:
     spec = recipe.model
     model = build_model(spec, data.num_classes, data.input_shape)
     if spec.checkpoint:
+        if not Path(spec.checkpoint).is_file():
+            raise FileNotFoundError(
+                f"model checkpoint {spec.checkpoint} not found (model.checkpoint)"
+            )
         state = torch.load(spec.checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
         own = set(model.state_dict())

@@ -118,7 +118,8 @@ CHOICES = {
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file.
+    """Read and validate a recipe file. Relative ``data.root`` and ``model.checkpoint`` paths
+    are taken relative to the file's folder.
 
     Raises:
         RecipeError: ``file:line: key: problem`` for the first thing wrong.
@@ -134,6 +135,11 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: the recipe is empty")
     recipe = _build(Recipe, node, path, "")
     _check_values(recipe, node, path)
+    # relative paths in a recipe are relative to the recipe file
+    if recipe.data.root and not Path(recipe.data.root).is_absolute():
+        recipe.data.root = str(path.parent / recipe.data.root)
+    if recipe.model.checkpoint and not Path(recipe.model.checkpoint).is_absolute():
+        recipe.model.checkpoint = str(path.parent / recipe.model.checkpoint)
     return recipe
 
 
@@ -146,7 +152,8 @@ def parse_recipe_text(text: str, name: str = "<recipe>") -> Recipe:
 
 
 def _fail(path: Path, node: yaml.Node, key: str, problem: str) -> RecipeError:
-    return RecipeError(f"{path}:{node.start_mark.line + 1}: {key or 'recipe'}: {problem}")
+    key = key.rstrip(".") or "recipe"
+    return RecipeError(f"{path}:{node.start_mark.line + 1}: {key}: {problem}")
 
 
 def _build(cls: type, node: yaml.Node, path: Path, prefix: str) -> Any:

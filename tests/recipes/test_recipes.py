@@ -1,0 +1,171 @@
+"""Every recipe parses and runs a tiny configuration end to end on data made in its format."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_shapley.cli import main
+from lightning_shapley.recipes import DEFAULT_RECIPE, RecipeError, load_recipe, run_recipe
+from lightning_shapley.recipes.schema import parse_recipe_text
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def model_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_SHAPLEY_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_mnist(root: Path) -> None:
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 255, (200, 28, 28), dtype=np.uint8)
+    labels = np.arange(200, dtype=np.uint8) % 10
+    root.mkdir(parents=True)
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + np.array([200, 28, 28], ">u4").tobytes() + images.tobytes())
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + np.array([200], ">u4").tobytes() + labels.tobytes())
+
+
+def tiny_cifar10(root: Path) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    generator = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": generator.integers(0, 255, (20, 3072), dtype=np.uint8),
+                 "labels": [i % 10 for i in range(20)]}  # fmt: skip
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def tiny_image_folder(root: Path) -> None:
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    for part, count in (("train", 4), ("val", 2)):
+        for label in ("cat", "dog", "fish"):
+            folder = root / part / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = generator.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def shrink(recipe, tmp_path: Path):
+    """The same recipe at a size CI can afford, on data made in the recipe's format."""
+    data, model, pruning, fine_tune = recipe.data, recipe.model, recipe.pruning, recipe.fine_tune
+    if data.dataset == "mnist":
+        tiny_mnist(tmp_path / "mnist")
+        data.root = str(tmp_path / "mnist")
+    elif data.dataset == "cifar10":
+        tiny_cifar10(tmp_path / "cifar")
+        data.root, data.download = str(tmp_path / "cifar"), False
+    elif data.dataset == "imagefolder":
+        tiny_image_folder(tmp_path / "images")
+        data.root, data.image_size = str(tmp_path / "images"), 32
+        model.checkpoint = None
+    model.instances, model.epochs, model.width = 1, 1, 0.25
+    small = model.architecture in ("digits_cnn", "lenet5", "small_vgg", "cifar_resnet20")
+    pruning.criteria = ["shapley", "l1"] if small else ["l1"]  # Shapley on big nets: elsewhere
+    pruning.ratios, pruning.shots, pruning.seeds, pruning.budget = [0.5], [1], [0], 24
+    fine_tune.epochs = [0, 1]
+    return recipe
+
+
+@pytest.mark.parametrize("path", [DEFAULT_RECIPE, *RECIPES], ids=lambda p: p.stem)
+def test_every_recipe_parses_and_runs_tiny(path, tmp_path):
+    recipe = shrink(load_recipe(path), tmp_path)
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    criteria = recipe.pruning.criteria
+    assert len(rows) == 1 + len(criteria) * 2  # unpruned + criterion × fine-tune settings
+    assert {r["criterion"] for r in rows} == {"unpruned", *criteria}
+    pruned = [r for r in rows if r["criterion"] != "unpruned"]
+    unpruned = next(r for r in rows if r["criterion"] == "unpruned")
+    assert all(int(r["params"]) < int(unpruned["params"]) for r in pruned)
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    summary = (out / "summary.md").read_text()
+    assert "50% removed" in summary and "1 fine-tuning epochs" in summary
+    assert (out / "accuracy_vs_ratio.png").stat().st_size > 0 and (out / "cost.png").exists()
+
+
+def test_default_recipe_results_are_consistent(tmp_path):
+    recipe = load_recipe(DEFAULT_RECIPE)
+    recipe.model.instances, recipe.model.epochs = 1, 3
+    recipe.pruning.seeds, recipe.pruning.budget = [0, 1], 64
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    p = recipe.pruning
+    assert len(rows) == 1 + len(p.criteria) * len(p.ratios) * len(p.seeds) * 2
+    # more channels removed, fewer parameters left
+    l1 = sorted((float(r["ratio"]), int(r["params"])) for r in rows if r["criterion"] == "l1")
+    assert [params for _, params in l1] == sorted((params for _, params in l1), reverse=True)
+    # the cached model is reused: a second run trains nothing and gives the same numbers
+    again = run_recipe(recipe, tmp_path / "again", progress=False)
+    assert (again / "results.csv").read_text().split("\n")[1] == (
+        out / "results.csv"
+    ).read_text().split("\n")[1]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            "pruning:\n  criteria: [shapley, magic]\n",
+            r"<t>:2: pruning.criteria: 'magic' is not one of",
+        ),
+        (
+            "pruning:\n  critera: [l1]\n",
+            r"<t>:2: pruning.critera: unknown key \(did you mean 'criteria'\?\)",
+        ),
+        ("model:\n  epochs: many\n", r"<t>:2: model.epochs: expected a int, got 'many'"),
+        (
+            "pruning:\n  ratios: [0.5, 1.5]\n",
+            r"<t>:2: pruning.ratios: every ratio must be in \[0, 1\)",
+        ),
+        ("data:\n  dataset: mnist\n", r"<t>:2: data.root: dataset 'mnist' needs a root folder"),
+        ("data: [1, 2]\n", r"<t>:1: data: expected a mapping"),
+        ("colour: blue\n", r"<t>:1: colour: unknown key; known keys"),
+    ],
+)
+def test_bad_recipes_name_the_key_and_line(text, match):
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe_text(text, "<t>")
+
+
+def test_missing_dataset_path_fails_clearly(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  dataset: mnist\n  root: nowhere\n")
+    assert main(["run", str(recipe), "--quiet", "--output", str(tmp_path / "out")]) == 2
+    assert "no MNIST t10k IDX files under" in capsys.readouterr().err
+    recipe.write_text("pruning:\n  criteria: [l9]\n")
+    assert main(["run", str(recipe)]) == 2
+    assert "r.yaml:2: pruning.criteria: 'l9' is not one of" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+
+
+def test_show_default_prints_the_embedded_recipe(capsys):
+    assert main(["show-default"]) == 0
+    assert "name: digits" in capsys.readouterr().out
+
+
+def test_checkpoint_models_are_loaded(tmp_path):
+    from lightning_shapley.models import DigitsCNN
+
+    torch.save({"state_dict": {f"net.{k}": v for k, v in DigitsCNN().state_dict().items()}},
+               tmp_path / "module.ckpt")  # fmt: skip
+    text = "model:\n  checkpoint: module.ckpt\npruning:\n  criteria: [l1]\n  seeds: [0]\n"
+    (tmp_path / "r.yaml").write_text(text)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.model.checkpoint == str(tmp_path / "module.ckpt")
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    assert (out / "results.csv").exists()
