@@ -68,6 +68,7 @@ def prune(
     data: CalibrationData | torch.Tensor,
     *,
     fold_means: bool = False,
+    count_macs: bool = True,
 ) -> PruningReport:
     """Remove the planned channels physically, all or nothing.
 
@@ -78,6 +79,7 @@ def prune(
         fold_means: Fold the removed channels' calibration means into the consumers' biases,
             so the pruned model matches the ``mean``-ablated game (see
             :mod:`~lightning_shapley.compensation`).
+        count_macs: Count MACs before and after (a traced forward each); ``False`` reports 0.
 
     Raises:
         ValueError: As :func:`~lightning_shapley.pruning.apply_plan`; the model is unchanged.
@@ -89,15 +91,15 @@ def prune(
     else:
         inputs, _ = as_calibration_tensors(data)
     example = inputs[:1].to(next(model.parameters()).device)
-    params_before, macs_before = count_params_and_macs(model, example)
-    graph = build_dependency_graph(model, example)
-    groups = [channel_group(model, layer, example, graph=graph) for layer in plan.removed]
+    params_before, macs_before = _sizes(model, example, count_macs)
     updates = None
     if fold_means:
+        graph = build_dependency_graph(model, example)
+        groups = [channel_group(model, layer, example, graph=graph) for layer in plan.removed]
         batches = list(inputs.to(example.device).split(256))
         updates = mean_bias_updates(model, groups, list(plan.removed.values()), batches)
     history = apply_plan(model, plan.removed, example, bias_updates=updates)
-    params_after, macs_after = count_params_and_macs(model, example)
+    params_after, macs_after = _sizes(model, example, count_macs)
     return PruningReport(
         params_before=params_before,
         params_after=params_after,
@@ -109,3 +111,9 @@ def prune(
         achieved_ratio=plan.achieved_ratio,
         history=history,
     )
+
+
+def _sizes(model: nn.Module, example: torch.Tensor, count_macs: bool) -> tuple[int, int]:
+    if count_macs:
+        return count_params_and_macs(model, example)
+    return sum(p.numel() for p in model.parameters()), 0

@@ -186,7 +186,7 @@ def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed
         pruned = copy.deepcopy(model)
         if one_shot is not None:
             plan = make_plan(one_shot.values, ratio, scope=p.scope, normalize=normalize)
-            prune(pruned, plan, calib, fold_means=p.ablation == "mean")
+            prune(pruned, plan, calib, fold_means=p.ablation == "mean", count_macs=False)
             seconds, evaluations = one_shot_seconds, one_shot.n_evals
         else:  # layer by layer, first to last, each scored on the partly pruned model
             seconds, evaluations = 0.0, 0
