@@ -15,7 +15,7 @@ def spearman(estimate: torch.Tensor, truth: torch.Tensor) -> float:
     """Spearman rank correlation of two ``[n]`` vectors (ties broken by index).
 
     Example:
-        >>> spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0]))
+        >>> round(spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])), 6)
         1.0
     """
     a, b = _ranks(estimate), _ranks(truth)
