@@ -227,6 +227,9 @@ class ChannelGame:
                 stacklevel=3,
             )
             return None, []
+        if cache.factorized and not _factorized_is_faster(program, cache, masks):
+            program.factorize_budget = 0
+            cache = PrefixCache(cache.batch_size, cache.values)
         return program, [cache] + [program.run_prefix(x) for x in self._batches[1:]]
 
     def __repr__(self) -> str:
@@ -276,6 +279,22 @@ class _ChunkTuner:
             self._trial = size * 2
         else:
             self.size = self._best
+
+
+def _factorized_is_faster(program: SuffixProgram, cache: PrefixCache, masks: torch.Tensor) -> bool:
+    """Time the suffix with and without the matrix-product consumers, on a few coalitions.
+
+    The product saves FLOPs, but it reads all per-player parts for every chunk, which on a CPU
+    can cost more than the layer it replaces when few coalitions fit in memory at once.
+    """
+    plain = PrefixCache(cache.batch_size, cache.values)
+    seconds = [float("inf"), float("inf")]
+    for _ in range(2):  # the faster of two runs each, alternating, to even out warm-up
+        for index, candidate in enumerate((cache, plain)):
+            began = time.perf_counter()
+            program.run_suffix(candidate, masks)
+            seconds[index] = min(seconds[index], time.perf_counter() - began)
+    return seconds[0] <= seconds[1]
 
 
 def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:

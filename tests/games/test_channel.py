@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from lightning_shapley import ChannelGame
+from lightning_shapley.games.suffix import SuffixProgram
 from lightning_shapley.models import CifarResNet, DigitsCNN, cifar_vgg
 from tests.conftest import BranchyNet, ConcatNet, randomize_batchnorm
 
@@ -60,10 +61,14 @@ def test_cached_strategies_equal_one_forward_per_coalition(build, layers, shape,
 
 def test_first_consumer_is_factorized_when_it_fits():
     model = sequential_cnn()
-    data = (torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,)))
-    assert ChannelGame(model, "7", data)._caches[0].factorized  # last conv → linear head
-    assert not ChannelGame(model, "7", data, memory_budget_mb=1e-6)._caches[0].factorized
-    assert not ChannelGame(model, "7", data, strategy="suffix")._caches[0].factorized
+    x = torch.randn(6, 1, 8, 8)
+    game = ChannelGame(model, "7", (x, torch.randint(0, 10, (6,))), strategy="suffix")
+    graph = torch.fx.symbolic_trace(model).graph
+    fits = SuffixProgram(model, graph, game._masks, game.n_players, factorize_budget=2**30)
+    assert fits.run_prefix(x).factorized  # last conv → linear head: a matrix product
+    too_small = SuffixProgram(model, graph, game._masks, game.n_players, factorize_budget=10)
+    assert not too_small.run_prefix(x).factorized
+    assert not game._caches[0].factorized  # strategy="suffix" never factorizes
 
 
 def test_removing_channels_changes_the_value_and_full_coalition_is_the_model():
