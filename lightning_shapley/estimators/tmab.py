@@ -225,7 +225,9 @@ def _walk(
                 position[live[~last]] >= step[~last].unsqueeze(1) + 1,
             ]
         )
-        values = torch.as_tensor(game(masks)).double()
+        values = torch.empty(0, dtype=torch.float64)
+        if len(masks):
+            values = torch.as_tensor(game(masks)).double()
         spent += len(masks)
         before[stale] = values[: len(stale)]
         after = torch.full((len(live),), empty, dtype=torch.float64)

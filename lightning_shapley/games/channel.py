@@ -150,6 +150,9 @@ class ChannelGame:
         self.n_evals += len(masks)
         return torch.cat(chunks)
 
+    def _conv_consumers(self) -> set[str]:
+        return {n for n in self._masks if not isinstance(self.model.get_submodule(n), nn.Linear)}
+
     def _ones(self, m: int) -> torch.Tensor:
         """Float masks ``[m, n_players]`` keeping everyone, on the data's device and dtype."""
         first = self._batches[0]
@@ -227,9 +230,14 @@ class ChannelGame:
                 stacklevel=3,
             )
             return None, []
-        if cache.factorized and not _factorized_is_faster(program, cache, masks):
-            program.factorize_budget = 0
-            cache = PrefixCache(cache.batch_size, cache.values)
+        convolutions = {n for n in cache.factorized if n.target in self._conv_consumers()}
+        if convolutions and not _factorized_is_faster(program, cache, self._ones(4), convolutions):
+            program.skip = convolutions
+            cache = PrefixCache(
+                cache.batch_size,
+                cache.values,
+                {n: parts for n, parts in cache.factorized.items() if n not in convolutions},
+            )
         return program, [cache] + [program.run_prefix(x) for x in self._batches[1:]]
 
     def __repr__(self) -> str:
@@ -243,11 +251,11 @@ class ChannelGame:
 class _ChunkTuner:
     """Chooses coalitions per forward: fixed, or by timing doubling sizes on real work.
 
-    Stacking coalitions into one batch is not free on a CPU (cache pressure), and matrix
-    products are not monotonic in their size, so ``"auto"`` times each size on two chunks
-    (keeping the faster, to shrug off noise), doubles the size until the time per coalition is
-    50 % worse than the best seen or the memory bound is reached, and keeps the best. All timed
-    chunks are real work. Calls too small to fill the trial size settle it at the best so far.
+    Stacking coalitions into one batch is not free on a CPU (cache pressure), so ``"auto"``
+    times each size on two chunks (keeping the faster, to shrug off noise), doubles the size
+    until the time per coalition is 10 % worse than the best seen or the memory bound is
+    reached, and keeps the best. All timed chunks are real work. Calls too small to fill the
+    trial size settle it at the best so far.
     """
 
     TRIES = 2
@@ -275,19 +283,26 @@ class _ChunkTuner:
         per_coalition, self._times = min(self._times), []
         if per_coalition < self._best_time:
             self._best, self._best_time = size, per_coalition
-        if per_coalition <= 1.5 * self._best_time and size * 2 <= self.max_chunk:
+        if per_coalition <= 1.1 * self._best_time and size * 2 <= self.max_chunk:
             self._trial = size * 2
         else:
             self.size = self._best
 
 
-def _factorized_is_faster(program: SuffixProgram, cache: PrefixCache, masks: torch.Tensor) -> bool:
-    """Time the suffix with and without the matrix-product consumers, on a few coalitions.
+def _factorized_is_faster(
+    program: SuffixProgram, cache: PrefixCache, masks: torch.Tensor, nodes: set
+) -> bool:
+    """Time the suffix with and without the matrix-product form of convolution ``nodes``.
 
-    The product saves FLOPs, but it reads all per-player parts for every chunk, which on a CPU
-    can cost more than the layer it replaces when few coalitions fit in memory at once.
+    The product saves a k×k convolution's FLOPs, but it reads all per-player parts for every
+    chunk, which on a CPU can cost more than the convolution when few coalitions fit in memory
+    at once. (A linear consumer's product costs its layer's FLOPs and always pays off.)
     """
-    plain = PrefixCache(cache.batch_size, cache.values)
+    plain = PrefixCache(
+        cache.batch_size,
+        cache.values,
+        {n: p for n, p in cache.factorized.items() if n not in nodes},
+    )
     seconds = [float("inf"), float("inf")]
     for _ in range(2):  # the faster of two runs each, alternating, to even out warm-up
         for index, candidate in enumerate((cache, plain)):

@@ -82,6 +82,7 @@ class SuffixProgram:
         self._batched = batched
         self._modules = dict(model.named_modules())
         self._last_use = _last_uses(self._suffix)
+        self.skip: set[fx.Node] = set()  # consumers measured faster as their own layer
 
     def run_prefix(self, inputs: torch.Tensor) -> PrefixCache:
         """Compute the prefix on a calibration batch ``[B, ...]`` and factorize what fits."""
@@ -92,7 +93,7 @@ class SuffixProgram:
         budget = self.factorize_budget
         for node in self._consumers:
             source = node.args[0]
-            if source in self._suffix or len(node.args) != 1 or node.kwargs:
+            if source in self._suffix or len(node.args) != 1 or node.kwargs or node in self.skip:
                 continue
             module, x = self._modules[node.target], cache.values[source]
             if factorized_bytes(module, x, self.n_players) > budget:
