@@ -252,13 +252,15 @@ class _ChunkTuner:
     """Chooses coalitions per forward: fixed, or by timing doubling sizes on real work.
 
     Stacking coalitions into one batch is not free on a CPU (cache pressure), so ``"auto"``
-    times each size on two chunks (keeping the faster, to shrug off noise), doubles the size
+    times each size on at least two chunks and 5 ms (keeping the fastest chunk, to shrug off
+    noise), doubles the size
     until the time per coalition is 10 % worse than the best seen or the memory bound is
     reached, and keeps the best. All timed chunks are real work. Calls too small to fill the
     trial size settle it at the best so far.
     """
 
     TRIES = 2
+    MIN_SECONDS = 0.005  # a trial size is timed until both: sub-millisecond chunks are noise
 
     def __init__(self, chunk_size: int | str, max_chunk: int) -> None:
         self.max_chunk = max_chunk
@@ -278,7 +280,7 @@ class _ChunkTuner:
                 self.size = self._best
             return
         self._times.append(seconds / size)
-        if len(self._times) < self.TRIES:
+        if len(self._times) < self.TRIES or sum(self._times) * size < self.MIN_SECONDS:
             return
         per_coalition, self._times = min(self._times), []
         if per_coalition < self._best_time:
