@@ -26,6 +26,7 @@ from lightning_shapley.criteria import (
 from lightning_shapley.criteria.game_based import ESTIMATORS
 from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import MetricLike, value_function
+from lightning_shapley.modes import evaluating
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import prunable_layer_names, replay
@@ -348,15 +349,9 @@ class ShapleyPruningCallback(Callback):
 
 
 def _evaluate(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, value) -> float:
-    training = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            logits = torch.cat([module(x) for x in inputs.split(256)])
-        return float(value(logits.unsqueeze(0), targets)[0])
-    finally:
-        for m, mode in training:
-            m.training = mode
+    with evaluating(module):
+        logits = torch.cat([module(x) for x in inputs.split(256)])
+    return float(value(logits.unsqueeze(0), targets)[0])
 
 
 def _rebuild_training(trainer: pl.Trainer, module: pl.LightningModule) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lightning_shapley.games.masking import consumer_input_means
+from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import ChannelGroup, merged_consumers
 
 __all__ = ["mean_bias_updates"]
@@ -41,12 +42,8 @@ def mean_bias_updates(
     gone = torch.cat(
         [torch.as_tensor(r, dtype=torch.long) + offsets[i] for i, r in enumerate(removed)]
     )
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         means = consumer_input_means(model, consumers, batches)
-    finally:
-        model.train(training)
     updates = {}
     for name, consumer in consumers.items():
         features = consumer.feature_idx[torch.isin(consumer.player_idx, gone)]

@@ -17,6 +17,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_shapley.modes import restored_modes
+
 __all__ = [
     "IMPORTANCES",
     "ChannelGroup",
@@ -76,14 +78,9 @@ class ChannelGroup:
 
 @contextmanager
 def _preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore every module's train/eval flag and the grad mode after tracing."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
+    """Grad enabled (tracing needs it); every module's train/eval flag restored after."""
+    with restored_modes(model), torch.enable_grad():
+        yield
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:

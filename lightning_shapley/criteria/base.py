@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
 from lightning_shapley.games.base import Game
+from lightning_shapley.modes import restored_modes
 
 __all__ = ["ChannelScores", "Criterion", "GameWrapper"]
 
@@ -91,14 +92,13 @@ class Criterion:
 
 @contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
+    """Modes, gradients and grad mode as they were, whatever the criterion does."""
     grads = [(p, p.grad) for p in model.parameters()]
     grad_enabled = torch.is_grad_enabled()
     try:
-        yield
+        with restored_modes(model):
+            yield
     finally:
-        for module, training in modes:
-            module.training = training
         for parameter, grad in grads:
             parameter.grad = grad
         torch.set_grad_enabled(grad_enabled)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import fx, nn
@@ -15,6 +14,7 @@ from lightning_shapley.games.base import check_masks
 from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram, _first_tensor
 from lightning_shapley.metrics import MetricLike, value_function
+from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import (
     ChannelGroup,
     build_dependency_graph,
@@ -110,7 +110,7 @@ class ChannelGame:
             raise ValueError("layer must name at least one layer")
         self.groups = _groups(model, layers, self._batches[0][:1])
         self.n_players = sum(g.n_channels for g in self.groups)
-        with _evaluating(model):
+        with evaluating(model):
             self._masks = self._consumer_masks()
             self._program, self._caches = self._build_program(strategy)
             per_coalition = (
@@ -138,7 +138,7 @@ class ChannelGame:
         """Logits ``[m, N, K]`` of every coalition on every calibration example."""
         floats = masks.to(device=self.targets.device, dtype=self._batches[0].dtype)
         chunks = []
-        with _evaluating(self.model):
+        with evaluating(self.model):
             start = 0
             while start < len(floats):
                 size = self._tuner.next_size()
@@ -344,16 +344,3 @@ def _groups(model: nn.Module, layers: list, example: torch.Tensor) -> list[Chann
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; every module's mode restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
