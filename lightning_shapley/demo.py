@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 from lightning_shapley.calibration import few_shot_indices
 from lightning_shapley.datasets import load_digits, split_indices
@@ -19,36 +19,25 @@ from lightning_shapley.estimators import ExactShapley, LeaveOneOut, PermutationS
 from lightning_shapley.estimators.quality import bottom_k_precision, spearman
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.models import DigitsCNN
+from lightning_shapley.training import train
 
 __all__ = ["run_demo"]
 
 
-def _train(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int
-) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
-    model.eval()
-
-
-def run_demo(layer: str = "3", shots: int = 10, seed: int = 0, epochs: int = 15) -> dict:
+def run_demo(
+    layer: str = "3", shots: int = 10, seed: int = 0, epochs: int = 15, width: int = 16
+) -> dict:
     """Run the demo and print its report; returns the figures it printed."""
     torch.manual_seed(seed)
     x, y = load_digits()
-    train, pool, test = split_indices(len(y), (0.6, 0.2, 0.2), seed=seed)
-    model = DigitsCNN(width=16)
+    fit, pool, test = split_indices(len(y), (0.6, 0.2, 0.2), seed=seed)
+    model = DigitsCNN(width=width)
     began = time.perf_counter()
-    _train(model, x[train], y[train], epochs, seed)
+    train(model, TensorDataset(x[fit], y[fit]), epochs, 3e-3, 64, seed=seed)
     with torch.no_grad():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     print(
-        f"DigitsCNN trained on {len(train)} digits in {time.perf_counter() - began:.1f} s: "
+        f"DigitsCNN trained on {len(fit)} digits in {time.perf_counter() - began:.1f} s: "
         f"test accuracy {accuracy:.3f} on {len(test)} held-out digits"
     )
 
