@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
 from lightning_shapley.criteria import (
-    ChannelScores,
     Criterion,
     ShapleyCriterion,
     criterion_by_name,
@@ -28,12 +28,18 @@ from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import MetricLike, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.plan import PruningPlan, make_plan
-from lightning_shapley.prune import prune
-from lightning_shapley.pruning import prunable_layer_names, replay
+from lightning_shapley.prune import PruningReport, prune
+from lightning_shapley.pruning import (
+    count_params_and_macs,
+    prunable_layer_names,
+    replay,
+    restore,
+)
 
 __all__ = ["ShapleyPruningCallback", "restore_pruning"]
 
 SCOPES = ("layer", "global")
+SCHEDULES = ("layer_by_layer", "one_shot")
 CHECKPOINT_KEY = "lightning_shapley"
 
 
@@ -54,6 +60,9 @@ class ShapleyPruningCallback(Callback):
         epochs: The epoch(s) at whose validation end to prune, or a function ``epoch -> bool``.
         scope: ``"layer"`` (every layer loses the ratio) or ``"global"`` (one ranking over all
             layers; Shapley then plays one network-wide game).
+        schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
+            the partly pruned model, as Ancona et al. do; it kept the most accuracy in the
+            committed comparisons) or ``"one_shot"`` (every layer scored on the unpruned model).
         criterion: ``"shapley"`` (default), any name of
             :data:`~lightning_shapley.criteria.CRITERIA`, or a ``Criterion``.
         estimator: Estimator of the Shapley criterion, by name.
@@ -83,6 +92,7 @@ class ShapleyPruningCallback(Callback):
         *,
         epochs: int | Sequence[int] | Callable[[int], bool] = 0,
         scope: str = "layer",
+        schedule: str = "layer_by_layer",
         criterion: str | Criterion = "shapley",
         estimator: str = "permutation",
         budget: int = 1024,
@@ -109,6 +119,8 @@ class ShapleyPruningCallback(Callback):
                 )
         if scope not in SCOPES:
             raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r} is invalid; use one of {SCHEDULES}")
         if isinstance(criterion, str):
             criterion_by_name(criterion)  # validates the name
         elif not isinstance(criterion, Criterion):
@@ -130,7 +142,7 @@ class ShapleyPruningCallback(Callback):
             raise ValueError(f"min_channels must be a positive integer, got {min_channels!r}")
         if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
-        self.ratio, self.epochs, self.scope = ratio, epochs, scope
+        self.ratio, self.epochs, self.scope, self.schedule = ratio, epochs, scope, schedule
         self.criterion, self.estimator, self.budget = criterion, estimator, budget
         self.shots, self.calibration, self.metric, self.ablation = (
             shots,
@@ -259,49 +271,59 @@ class ShapleyPruningCallback(Callback):
         value = value_function(self.metric)
         before = _evaluate(module, inputs, targets, value)
         accuracy_before = _evaluate(module, inputs, targets, value_function("accuracy"))
-        began = time.perf_counter()
-        try:
-            scores = self._score(
-                trainer, criterion, module, layers, (inputs, targets), epoch, shard
-            )
-        except Exception as error:
-            raise RuntimeError(
-                f"ShapleyPruningCallback: scoring channels failed at epoch {epoch} ({error}); "
-                "the model was left unpruned"
-            ) from error
-        seconds = time.perf_counter() - began
-        plan = self._plan(scores.values, self._target_ratio(epoch), criterion)
-        removed = trainer.strategy.broadcast(plan.removed, src=0)  # decided once, for every rank
-        plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
-        report = prune(module, plan, (inputs, targets), fold_means=self.ablation == "mean")
-        self.history += report.history
-        module._lightning_shapley_history = list(self.history)
-        self.scores = {k: v.tolist() for k, v in scores.values.items()}
-        _rebuild_training(trainer, module)
-        after = _evaluate(module, inputs, targets, value)
-        accuracy_after = _evaluate(module, inputs, targets, value_function("accuracy"))
-        values = {value.name: (before, after), "accuracy": (accuracy_before, accuracy_after)}
-        self._log(trainer, epoch, report, seconds, scores.n_evals, values)
-
-    def _score(self, trainer, criterion, module, layers, data, epoch, shard) -> ChannelScores:
-        """Score layer by layer (one game each) or all at once, with a progress bar."""
-        units = [layers] if self.scope == "global" else [[layer] for layer in layers]
+        params_before, macs_before = count_params_and_macs(module, inputs[:1])
+        target = self._target_ratio(epoch)
+        one_step = self.schedule == "one_shot" or self.scope == "global"
+        steps = [layers] if one_step else [[layer] for layer in layers]
+        backup = None if one_step else copy.deepcopy(module)
         bar = Tqdm(
-            total=len(units), desc=f"Pruning: scoring channels ({criterion.name})", leave=False,
+            total=len(steps), desc=f"Pruning: scoring channels ({criterion.name})", leave=False,
             disable=trainer.progress_bar_callback is None or not trainer.is_global_zero,
             dynamic_ncols=True, file=sys.stdout,
         )  # fmt: skip
-        values, n_evals = {}, 0
+        seconds, n_evals, channels, history = 0.0, 0, {}, list(self.history)
         try:
-            for index, unit in enumerate(units):
-                seed = self.seed + 1000 * epoch + index
-                result = criterion.score(module, unit, data, seed=seed, shard=shard)
-                values.update(result.values)
-                n_evals += result.n_evals
+            for index, step in enumerate(steps):
+                began = time.perf_counter()
+                try:
+                    seed = self.seed + 1000 * epoch + index
+                    scores = criterion.score(
+                        module, step, (inputs, targets), seed=seed, shard=shard
+                    )
+                except Exception as error:
+                    raise RuntimeError(
+                        f"ShapleyPruningCallback: scoring channels failed at epoch {epoch} "
+                        f"({error}); the model was left unpruned"
+                    ) from error
+                seconds += time.perf_counter() - began
+                n_evals += scores.n_evals
+                plan = self._plan(scores.values, target, criterion)
+                removed = trainer.strategy.broadcast(plan.removed, src=0)  # one decision, all ranks
+                plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
+                report = prune(module, plan, (inputs, targets), fold_means=self.ablation == "mean",
+                               count_macs=False)  # fmt: skip
+                self.history += report.history
+                channels.update(report.channels_after)
+                self.scores.update({k: v.tolist() for k, v in scores.values.items()})
                 bar.update(1)
+        except Exception:
+            if backup is not None:
+                restore(module, backup)
+            self.history = history
+            raise
         finally:
             bar.close()
-        return ChannelScores(values, n_evals, 0.0)
+        module._lightning_shapley_history = list(self.history)
+        _rebuild_training(trainer, module)
+        params_after, macs_after = count_params_and_macs(module, inputs[:1])
+        after = _evaluate(module, inputs, targets, value)
+        accuracy_after = _evaluate(module, inputs, targets, value_function("accuracy"))
+        original = {k: self.original_channels[k] for k in channels}
+        achieved = 1 - sum(channels.values()) / sum(original.values())
+        report = PruningReport(params_before, params_after, macs_before, macs_after, original,
+                               channels, target, achieved, [])  # fmt: skip
+        values = {value.name: (before, after), "accuracy": (accuracy_before, accuracy_after)}
+        self._log(trainer, epoch, report, seconds, n_evals, values)
 
     def _plan(
         self, scores: dict[str, torch.Tensor], target: float, criterion: Criterion

@@ -31,6 +31,7 @@ __all__ = [
     "merged_consumers",
     "prunable_layer_names",
     "resolve_layer",
+    "restore",
 ]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
@@ -328,7 +329,7 @@ def apply_plan(
         ]
         return history + _remove(model, removed, example_input)
     except Exception as error:
-        _restore(model, backup)
+        restore(model, backup)
         if isinstance(error, ValueError):
             raise
         raise ValueError(f"pruning failed and the model was restored: {error}") from error
@@ -353,7 +354,7 @@ def replay(model: nn.Module, history: list[dict], example_input: torch.Tensor) -
                 raise ValueError(f"unknown pruning history step {step!r}")
         _flush(model, removed, example_input)
     except Exception:
-        _restore(model, backup)
+        restore(model, backup)
         raise
 
 
@@ -404,7 +405,7 @@ def _add_to_bias(model: nn.Module, name: str, update: torch.Tensor | None) -> di
     return {"op": "bias", "layer": name}
 
 
-def _restore(model: nn.Module, backup: nn.Module) -> None:
+def restore(model: nn.Module, backup: nn.Module) -> None:
     """Put back every submodule's parameters, buffers and attributes from ``backup``, keeping
     the submodule objects themselves (so references held elsewhere stay valid)."""
     for (_, target), (_, source) in zip(model.named_modules(), backup.named_modules(), strict=True):

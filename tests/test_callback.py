@@ -164,3 +164,33 @@ def test_state_dict_round_trip():
     assert other.state_dict() == callback.state_dict()
     other.load_state_dict({})
     assert other.pruned_epochs == []
+
+
+class ExplodesOnSecondLayer(Criterion):
+    name = "explodes_later"
+
+    def _score(self, model, layers, inputs, targets, seed):
+        if layers != ["net.0"]:
+            raise RuntimeError("boom")
+        return {"net.0": torch.arange(8.0)}, 0
+
+
+def test_layer_by_layer_failure_rolls_back_the_layers_already_pruned(tmp_path):
+    module = DigitsModule()
+    train, val = digits_loaders()
+    before = n_params(module)
+    callback = ShapleyPruningCallback(0.5, criterion=ExplodesOnSecondLayer())
+    with pytest.raises(RuntimeError, match="left unpruned"):
+        trainer(tmp_path, [callback]).fit(module, train, val)
+    assert n_params(module) == before and module.net[0].out_channels == 8
+    assert callback.history == []
+
+
+def test_one_shot_schedule_scores_all_layers_on_the_unpruned_model(tmp_path):
+    module = DigitsModule()
+    train, val = digits_loaders()
+    callback = ShapleyPruningCallback(0.5, schedule="one_shot", criterion="l1")
+    trainer(tmp_path, [callback], max_epochs=1).fit(module, train, val)
+    assert [module.net[i].out_channels for i in (0, 3, 7)] == [4, 4, 8]
+    with pytest.raises(ValueError, match="schedule='sometimes' is invalid"):
+        ShapleyPruningCallback(schedule="sometimes")

@@ -1,0 +1,170 @@
+"""BanditShapley: settles the cut with few evaluations, and says how sure it is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_shapley.estimators import BanditShapley, ExactShapley
+from lightning_shapley.estimators._running import student_t_quantile
+from lightning_shapley.estimators.cut import CutEstimate, resolve_cut
+from lightning_shapley.games import PairwiseGame, SymmetricGame
+
+
+class SaturatingGame:
+    """``v(S) = tanh(Σ_{i∈S} w_i)``: interactions of every order; it counts evaluations."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights.double()
+        self.n_players = len(weights)
+        self.n_evals = 0
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        self.n_evals += len(masks)
+        return torch.tanh(masks.double() @ self.weights)
+
+
+def gapped_game() -> SaturatingGame:
+    """Twelve players: three clearly low, then a gap, then nine high ones."""
+    generator = torch.Generator().manual_seed(0)
+    low = 0.02 + 0.02 * torch.rand(3, generator=generator)
+    high = 0.25 + 0.2 * torch.rand(9, generator=generator)
+    return SaturatingGame(torch.cat([high[:4], low, high[4:]]))
+
+
+def random_pairwise(n: int, seed: int) -> PairwiseGame:
+    generator = torch.Generator().manual_seed(seed)
+    return PairwiseGame(
+        torch.randn(n, generator=generator, dtype=torch.float64),
+        torch.randn(n, n, generator=generator, dtype=torch.float64),
+    )
+
+
+def test_settles_the_cut_of_a_gapped_game_and_stops_early():
+    game = gapped_game()
+    exact = ExactShapley().estimate(gapped_game()).values
+    result = BanditShapley(cut=0.25).estimate(game, budget=5000, seed=0)
+    assert isinstance(result, CutEstimate)
+    assert result.k == 3
+    expected = torch.zeros(12, dtype=torch.bool)
+    expected[torch.argsort(exact)[:3]] = True
+    assert torch.equal(result.below, expected)
+    assert result.all_settled
+    assert torch.equal(result.settled_below, expected)
+    assert torch.equal(result.settled_above, ~expected)
+    assert game.n_evals == result.n_evals < 1000  # stopped well before the budget
+    assert (result.values - exact).abs().max() < 0.02
+
+
+def test_players_far_from_the_cut_stop_being_sampled():
+    weights = torch.tensor([0.05, 0.06, 0.10, 0.13, 0.15, 0.4, 0.45, 0.5, 0.55, 0.6])
+    result = BanditShapley(cut=3).estimate(SaturatingGame(weights), budget=3000, seed=1)
+    near = result.n_samples[2:4]  # the players either side of the cut
+    far = result.n_samples[5:]  # the high ones
+    assert near.min() > far.max()
+    assert far.tolist() == [4.0] * 5  # settled as soon as they were allowed to (min_samples)
+    assert torch.equal(result.below, torch.arange(10) < 3)
+
+
+@pytest.mark.parametrize("budget", [26, 27, 40, 95, 300, 1001])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"antithetic": False}, {"exact_border": False}, {"min_samples": 10**6}],
+)
+def test_budget_is_never_exceeded_and_reported(budget, options):
+    game = gapped_game()
+    estimator = BanditShapley(cut=3, **options)
+    if budget < estimator.min_budget(12):
+        with pytest.raises(ValueError, match="needs at least"):
+            estimator.estimate(game, budget=budget)
+        return
+    result = estimator.estimate(game, budget=budget, seed=2)
+    assert game.n_evals == result.n_evals <= budget
+
+
+def test_without_focus_the_whole_budget_is_spent():
+    game = gapped_game()
+    result = BanditShapley(cut=3, min_samples=10**6).estimate(game, budget=600, seed=0)
+    assert 600 - 2 * 13 < result.n_evals <= 600  # at most one base pair left over
+    assert result.all_settled  # the intervals say so, but no player was allowed to stop
+    assert result.n_samples.min() >= 20
+
+
+def test_seeded_runs_repeat_and_seeds_differ():
+    def run(seed: int) -> CutEstimate:
+        return BanditShapley(cut=3, min_samples=10**6).estimate(gapped_game(), 400, seed=seed)
+
+    first = run(3)
+    assert torch.equal(first.values, run(3).values) and first.n_evals == run(3).n_evals
+    assert not torch.equal(first.values, run(4).values)
+
+
+def test_complement_pairs_are_exact_on_pairwise_games():
+    for seed in range(3):
+        game = random_pairwise(9, seed)
+        result = BanditShapley(cut=4).estimate(game, budget=400, seed=seed)
+        torch.testing.assert_close(result.values, game.shapley_values())
+        torch.testing.assert_close(result.radius, torch.zeros(9, dtype=torch.float64))
+
+
+def test_estimates_are_unbiased_in_every_configuration():
+    game = gapped_game()
+    exact = ExactShapley().estimate(game).values
+    for options in ({}, {"antithetic": False}, {"exact_border": False}):
+        estimator = BanditShapley(cut=3, min_samples=10**6, **options)
+        result = estimator.estimate(gapped_game(), budget=30000, seed=0)
+        assert ((result.values - exact).abs() < 4 * result.stderr + 1e-4).all(), options
+
+
+def test_border_strata_are_exact():
+    # two players: the border strata are the whole game
+    game = PairwiseGame(torch.tensor([1.0, 3.0]), torch.tensor([[0.0, 2.0], [2.0, 0.0]]))
+    result = BanditShapley(cut=1).estimate(game, budget=6, seed=0)
+    torch.testing.assert_close(result.values, game.shapley_values())
+    assert result.n_evals == 6 and result.all_settled
+    # symmetric game: every player's interior samples are equal, so spread and radius are 0
+    game = SymmetricGame(6, torch.tensor([0.0, 1.0, 4.0, 9.0, 16.0, 25.0, 36.0]))
+    result = BanditShapley(cut=2).estimate(game, budget=200, seed=0)
+    torch.testing.assert_close(result.values, torch.full((6,), 6.0, dtype=torch.float64))
+
+
+def test_radius_is_the_student_t_interval_of_the_samples():
+    result = BanditShapley(cut=3, min_samples=10**6).estimate(gapped_game(), 500, seed=5)
+    m = result.n_samples
+    quantile = student_t_quantile(0.975, m - 1)
+    torch.testing.assert_close(result.radius, quantile * result.stderr)
+    boundary = torch.sort(result.values).values[2:4].mean()
+    assert result.boundary == pytest.approx(boundary.item())
+    assert torch.equal(result.settled, (result.values - boundary).abs() > result.radius)
+    assert result.confidence == pytest.approx(0.95)
+
+
+def test_student_t_quantiles_match_tables():
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 5: 2.571, 10: 2.228, 30: 2.042}
+    quantiles = student_t_quantile(0.975, torch.tensor([float(d) for d in table]))
+    torch.testing.assert_close(
+        quantiles, torch.tensor(list(table.values())).double(), atol=5e-3, rtol=0
+    )
+    assert student_t_quantile(0.975, torch.tensor([0.0])).isinf().all()
+
+
+def test_cut_as_a_share_or_a_count():
+    assert resolve_cut(0.25, 16) == 4 and resolve_cut(0.5, 9) == 4 and resolve_cut(5, 16) == 5
+    with pytest.raises(ValueError, match="puts 0 of 3"):
+        resolve_cut(0.25, 3)
+
+
+def test_constructor_and_budget_validation():
+    for cut in (0.0, 1.0, -2, True, "half"):
+        with pytest.raises(ValueError, match="cut"):
+            BanditShapley(cut=cut)
+    with pytest.raises(ValueError, match="delta"):
+        BanditShapley(delta=1.0)
+    with pytest.raises(ValueError, match="min_samples"):
+        BanditShapley(min_samples=1)
+    with pytest.raises(ValueError, match="max_batch"):
+        BanditShapley(max_batch=2)
+    with pytest.raises(ValueError, match="needs a budget"):
+        BanditShapley().estimate(gapped_game())
+    with pytest.raises(ValueError, match="needs at least 26"):
+        BanditShapley().estimate(gapped_game(), budget=25)
