@@ -27,30 +27,33 @@ so a player settles at most about 10 % later than it could have."""
 class BanditShapley(Estimator):
     """Settle which players fall below the cut, sampling only the players still in doubt.
 
-    Four ingredients, each measured in ``benchmarks/estimator_quality.py``:
+    The ingredients, each taken out in turn in ``benchmarks/estimator_quality.py``:
 
-    1. **Border strata, exactly.** ``v(N)``, ``v(∅)``, ``v(N ∖ {i})`` and ``v({i})`` for every
-       player (``2n + 2`` evaluations, one call) give each player's marginal contribution to
-       the empty and to the almost-full coalition exactly. The Shapley value weighs every
-       coalition size equally, ``φ_i = (1/n) Σ_s E[v(S ∪ {i}) − v(S) : |S| = s]``, so only the
-       ``n − 2`` interior sizes are sampled; in a channel game the smallest coalitions (a
-       network at chance level) are the most extreme, and they no longer add variance.
-    2. **Shared coalitions, complement pairs.** A round draws base coalitions ``B`` (sizes
-       cycling through ``1 … n − 1`` in random order, members uniform) with their complements
+    1. **Shared coalitions in complement pairs.** A round draws base coalitions ``B`` (sizes
+       cycling through ``0 … n`` in random order, members uniform) with their complements
        ``N ∖ B``. Each player ``i`` still in doubt is flipped in both: ``v(B) − v(B ∖ {i})`` if
        ``i ∈ B``, ``v(B ∪ {i}) − v(B)`` if not, and the same in the complement. ``v(B)`` is
-       shared by all of them (CMCS-style), and every player's coalition size is uniform over
-       the interior sizes, so the mean is unbiased with no truncation. The two flips are an
-       antithetic pair (sizes ``s`` and ``n − 1 − s``): their average is exact on games with
-       only pairwise interactions, like an antithetic pair of permutations.
-    3. **Radii from the observed spread.** Each player's interval is a Student-t interval,
-       ``t(1 − δ/2, m − 1) · sd / sqrt(m)`` over its ``m`` paired samples (scaled by the
-       interior weight ``(n − 2)/n``), not a bound from the metric's full range.
-    4. **Focus and a stopping rule.** A player is in doubt while it has fewer than
-       ``min_samples`` samples or its interval contains the boundary value (the midpoint of
-       the ``k``-th and ``(k + 1)``-th lowest estimates); only those players are flipped, so a
-       round costs ``2 · (1 + players in doubt)`` per base pair. When no player is in doubt the
-       sampler stops and leaves the rest of the budget unused.
+       shared by all of them (as in CMCS, Kolpaczki et al. 2021), and the size of the
+       coalition a player joins is uniform over ``0 … n − 1`` with uniform members: the
+       Shapley distribution, so the mean is unbiased with no truncation. The two flips join
+       coalitions of sizes ``s`` and ``n − 1 − s`` that split the other players between them,
+       like an antithetic pair of permutations: their average is exact on games with only
+       pairwise interactions, and one sample is that average.
+    2. **Radii from the observed spread.** Each player's interval is a Student-t interval,
+       ``t(1 − δ/2, m − 1) · sd / sqrt(m)`` over its ``m`` samples, not a bound from the
+       metric's full range (TMAB's ``R``), which barely shrinks at these budgets.
+    3. **Focus.** A player is in doubt while it has fewer than ``min_samples`` samples or its
+       interval contains the boundary value (the midpoint of the ``k``-th and ``(k + 1)``-th
+       lowest estimates); only those players are flipped, so a base pair costs
+       ``2 · (1 + players in doubt)`` evaluations, and once the far players settle nearly all
+       evaluations go to the few either side of the cut.
+    4. **A stopping rule.** When no player is in doubt the sampler stops and leaves the rest
+       of the budget unused.
+
+    Optionally (``exact_border=True``), ``v(N)``, ``v(∅)``, ``v(N ∖ {i})`` and ``v({i})`` are
+    evaluated up front (``2n + 2`` evaluations) and only the interior sizes ``1 … n − 2`` are
+    sampled. It pays without complement pairs; with them it does not, since a pair that lands
+    on the border sizes returns their exact sum anyway (measured in the benchmark).
 
     The stated confidence is per player and nominal: each interval covers with probability
     about ``1 − δ`` at a fixed sample size, with no correction for the repeated looks or the
@@ -63,10 +66,10 @@ class BanditShapley(Estimator):
         cut: Share of the players below the cut, in ``(0, 1)``, or their number.
         delta: Error probability ``δ`` of each player's interval.
         min_samples: Samples a player needs before it may settle (at least 2).
-        antithetic: Flip each player in complement pairs of base coalitions (ingredient 2);
-            without, every base is drawn independently.
-        exact_border: Evaluate the border strata exactly up front (ingredient 1); without,
-            all ``n`` coalition sizes are sampled and only ``v`` of the bases is evaluated.
+        antithetic: Flip each player in complement pairs of base coalitions; without, every
+            base is drawn independently and a sample is one flip.
+        exact_border: Evaluate the border strata exactly up front and sample only the
+            interior sizes.
         max_batch: Most coalitions per call to the game.
 
     Example:
@@ -84,7 +87,7 @@ class BanditShapley(Estimator):
         delta: float = 0.05,
         min_samples: int = 4,
         antithetic: bool = True,
-        exact_border: bool = True,
+        exact_border: bool = False,
         max_batch: int = 4096,
     ) -> None:
         self.cut = check_cut(cut)
@@ -98,7 +101,7 @@ class BanditShapley(Estimator):
         self.antithetic, self.exact_border = antithetic, exact_border
 
     def min_budget(self, n_players: int) -> int:
-        """The border strata (``2n + 2``), or one round of every player without them."""
+        """A base (and its complement) with every player flipped, or the border strata."""
         if self.exact_border:
             return 2 * n_players + 2
         return (2 if self.antithetic else 1) * (n_players + 1)

@@ -55,9 +55,10 @@ class TMABShapley(Estimator):
     empty one; the marginal contribution of the player removed at each step is the value lost.
     Every player keeps the running mean and variance of its marginal contributions and an
     empirical-Bernstein confidence radius (:func:`bernstein_radius`, with ``δ`` and the range
-    ``R``). A player is *active* while its interval contains the boundary value (the midpoint
-    of the ``k``-th and ``(k + 1)``-th lowest means); the sampler stops when no player is active
-    or the budget is spent.
+    ``R``). A player is *active* while its interval contains the boundary value; the sampler
+    stops when no player is active or the budget is spent. The authors' boundary for their top
+    ``k`` is the value of the first player outside it; for a cut, which has two sides, it is the
+    midpoint of the ``k``-th and ``(k + 1)``-th lowest means.
 
     Along a permutation, an inactive player is removed without evaluating the game and gets no
     sample from that permutation. An active player needs the value before and after its
@@ -67,9 +68,10 @@ class TMABShapley(Estimator):
     ``chance_value + tolerance · R`` for ``patience`` consecutive evaluated steps, the rest of
     the permutation is not evaluated and every active player still in it is recorded with a
     marginal contribution of 0 — Neuron Shapley's choice, which saves evaluations in the
-    near-chance tail at the price of a bias of at most ``tolerance · R`` shared among those
-    players. No player is dropped silently: an active player gets exactly one sample (measured
-    or 0) from every permutation it is active in.
+    near-chance tail at a price: the true contributions recorded as 0 add up to
+    ``v(coalition left) − v(∅)``, at most ``tolerance · R`` with the default chance value, a
+    bias shared among those players. No player is dropped silently: an active player gets
+    exactly one sample (measured or 0) from every permutation it is active in.
 
     ``permutations_per_call`` permutations are walked in lockstep, so each call to the game
     evaluates one step of each. The active set is updated between these groups, as the
@@ -81,7 +83,7 @@ class TMABShapley(Estimator):
             the ``k`` highest players, cut at ``n − k``.
         delta: Error probability ``δ`` of each confidence interval (0.2 in the paper).
         value_range: ``R``; by default ``|v(N) − v(∅)|``, the range the metric spans in this
-            game.
+            game (1 if that is 0).
         tolerance: Truncation tolerance as a share of ``R`` (0.2, as in the authors' code).
         patience: Consecutive near-chance steps before truncating (6: the authors truncate once
             their counter exceeds 5).

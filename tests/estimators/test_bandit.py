@@ -53,7 +53,7 @@ def test_settles_the_cut_of_a_gapped_game_and_stops_early():
     assert torch.equal(result.settled_below, expected)
     assert torch.equal(result.settled_above, ~expected)
     assert game.n_evals == result.n_evals < 1000  # stopped well before the budget
-    assert (result.values - exact).abs().max() < 0.02
+    assert (result.values - exact).abs().max() < 0.05  # only coarse away from the cut
 
 
 def test_players_far_from_the_cut_stop_being_sampled():
@@ -61,15 +61,15 @@ def test_players_far_from_the_cut_stop_being_sampled():
     result = BanditShapley(cut=3).estimate(SaturatingGame(weights), budget=3000, seed=1)
     near = result.n_samples[2:4]  # the players either side of the cut
     far = result.n_samples[5:]  # the high ones
-    assert near.min() > far.max()
-    assert far.tolist() == [4.0] * 5  # settled as soon as they were allowed to (min_samples)
+    assert near.min() > 3 * far.max()
+    assert far.max() <= 5  # settled within a round of being allowed to (min_samples=4)
     assert torch.equal(result.below, torch.arange(10) < 3)
 
 
 @pytest.mark.parametrize("budget", [26, 27, 40, 95, 300, 1001])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"antithetic": False}, {"exact_border": False}, {"min_samples": 10**6}],
+    [{}, {"antithetic": False}, {"exact_border": True}, {"min_samples": 10**6}],
 )
 def test_budget_is_never_exceeded_and_reported(budget, options):
     game = gapped_game()
@@ -110,7 +110,7 @@ def test_complement_pairs_are_exact_on_pairwise_games():
 def test_estimates_are_unbiased_in_every_configuration():
     game = gapped_game()
     exact = ExactShapley().estimate(game).values
-    for options in ({}, {"antithetic": False}, {"exact_border": False}):
+    for options in ({}, {"antithetic": False}, {"exact_border": True}):
         estimator = BanditShapley(cut=3, min_samples=10**6, **options)
         result = estimator.estimate(gapped_game(), budget=30000, seed=0)
         assert ((result.values - exact).abs() < 4 * result.stderr + 1e-4).all(), options
@@ -119,13 +119,15 @@ def test_estimates_are_unbiased_in_every_configuration():
 def test_border_strata_are_exact():
     # two players: the border strata are the whole game
     game = PairwiseGame(torch.tensor([1.0, 3.0]), torch.tensor([[0.0, 2.0], [2.0, 0.0]]))
-    result = BanditShapley(cut=1).estimate(game, budget=6, seed=0)
+    result = BanditShapley(cut=1, exact_border=True).estimate(game, budget=6, seed=0)
     torch.testing.assert_close(result.values, game.shapley_values())
     assert result.n_evals == 6 and result.all_settled
     # symmetric game: every player's interior samples are equal, so spread and radius are 0
     game = SymmetricGame(6, torch.tensor([0.0, 1.0, 4.0, 9.0, 16.0, 25.0, 36.0]))
-    result = BanditShapley(cut=2).estimate(game, budget=200, seed=0)
-    torch.testing.assert_close(result.values, torch.full((6,), 6.0, dtype=torch.float64))
+    for exact_border in (True, False):
+        estimator = BanditShapley(cut=2, exact_border=exact_border)
+        result = estimator.estimate(game, budget=200, seed=0)
+        torch.testing.assert_close(result.values, torch.full((6,), 6.0, dtype=torch.float64))
 
 
 def test_radius_is_the_student_t_interval_of_the_samples():
