@@ -127,11 +127,15 @@ class ChannelGame:
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         """Values ``[m]`` of the coalitions ``masks`` ``[m, n_players]`` (True = kept)."""
         masks = check_masks(masks, self.n_players)
+        if len(masks) == 0:
+            return torch.empty(0)
         return self.value_function(self._logits(masks), self.targets).cpu()
 
     def per_example(self, masks: torch.Tensor) -> torch.Tensor:
         """Values ``[m, N]`` per coalition and calibration example (built-in metrics only)."""
         masks = check_masks(masks, self.n_players)
+        if len(masks) == 0:
+            return torch.empty(0, len(self.targets))
         return self.value_function.per_example_values(self._logits(masks), self.targets).cpu()
 
     def _logits(self, masks: torch.Tensor) -> torch.Tensor:
