@@ -9,19 +9,7 @@ from lightning_shapley.estimators import BanditShapley, ExactShapley
 from lightning_shapley.estimators._running import student_t_quantile
 from lightning_shapley.estimators.cut import CutEstimate, resolve_cut
 from lightning_shapley.games import PairwiseGame, SymmetricGame
-
-
-class SaturatingGame:
-    """``v(S) = tanh(Σ_{i∈S} w_i)``: interactions of every order; it counts evaluations."""
-
-    def __init__(self, weights: torch.Tensor) -> None:
-        self.weights = weights.double()
-        self.n_players = len(weights)
-        self.n_evals = 0
-
-    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        self.n_evals += len(masks)
-        return torch.tanh(masks.double() @ self.weights)
+from tests.estimators.saturating import SaturatingGame
 
 
 def gapped_game() -> SaturatingGame:

@@ -11,19 +11,7 @@ from lightning_shapley.estimators import TMABShapley
 from lightning_shapley.estimators.cut import CutEstimate
 from lightning_shapley.estimators.tmab import bernstein_radius
 from lightning_shapley.games import PairwiseGame
-
-
-class SaturatingGame:
-    """``v(S) = tanh(Σ_{i∈S} w_i)``: every coalition size interacts; it counts evaluations."""
-
-    def __init__(self, weights: torch.Tensor) -> None:
-        self.weights = weights.double()
-        self.n_players = len(weights)
-        self.n_evals = 0
-
-    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        self.n_evals += len(masks)
-        return torch.tanh(masks.double() @ self.weights)
+from tests.estimators.saturating import SaturatingGame
 
 
 def gapped_weights() -> torch.Tensor:
