@@ -9,18 +9,26 @@ from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["CalibrationData", "as_calibration_tensors", "draw_few_shot", "few_shot_indices"]
 
-CalibrationData = tuple[torch.Tensor, torch.Tensor] | DataLoader | Dataset
+CalibrationData = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | DataLoader | Dataset
 
 
-def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather calibration data into ``(inputs [N, ...], targets [N])``.
+def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gather calibration data into ``(inputs [N, ...], targets)``.
+
+    Targets are labels ``[N]``, reference logits ``[N, K]`` (for a label-free value, see
+    :mod:`~lightning_shapley.metrics`), or ``None`` for unlabelled inputs.
 
     Args:
-        data: A pair of tensors, a ``DataLoader`` or a map-style ``Dataset`` of ``(x, y)`` pairs.
+        data: A pair of tensors, unlabelled inputs (one tensor), a ``DataLoader`` or a
+            map-style ``Dataset`` of ``(x, y)`` pairs.
 
     Raises:
         ValueError: If the data is empty or the inputs and targets disagree in length.
     """
+    if isinstance(data, torch.Tensor):
+        if len(data) == 0:
+            raise ValueError("the calibration data is empty: it holds no examples")
+        return data, None
     if (
         isinstance(data, tuple | list)
         and len(data) == 2
@@ -47,7 +55,9 @@ def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.T
         raise ValueError(
             f"calibration inputs and targets differ in length: {len(inputs)} vs {len(targets)}"
         )
-    return inputs, targets.reshape(len(targets))
+    if targets.dim() != 2:  # reference logits stay [N, K]
+        targets = targets.reshape(len(targets))
+    return inputs, targets
 
 
 def _samples(dataset: Dataset) -> Iterable:

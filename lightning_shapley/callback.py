@@ -18,14 +18,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
+from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import (
     Criterion,
     ShapleyCriterion,
     criterion_by_name,
 )
 from lightning_shapley.criteria.game_based import ESTIMATORS
+from lightning_shapley.games.channel import ABLATIONS
 from lightning_shapley.games.distributed import ShardedGame
-from lightning_shapley.metrics import MetricLike, value_function
+from lightning_shapley.metrics import MetricLike, reference_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import PruningReport, prune
@@ -72,7 +74,13 @@ class ShapleyPruningCallback(Callback):
             ``Dataset``, a ``DataLoader`` or an ``(inputs, targets)`` pair.
         metric: The game's value: ``"cross_entropy"``, ``"accuracy"``, a torchmetrics
             ``Metric`` or a callable ``(logits, targets) -> scalar`` (higher is better).
-        ablation: ``"zero"`` or ``"mean"`` (removed channels folded into biases as their mean).
+        ablation: What the Shapley game puts in place of removed channels: ``"zero"``,
+            ``"mean"``, ``"regression"`` or ``"refit"`` (see
+            :class:`~lightning_shapley.games.ChannelGame`).
+        compensation: What the pruned consumers get back: ``"none"``, ``"mean"``,
+            ``"regression"``, ``"least_squares"`` (see :mod:`~lightning_shapley.compensation`),
+            or ``"auto"``: whatever makes the pruned model the game's (nothing after zero
+            ablation, least squares after ``"refit"``).
         ignored_layers: Layers never pruned (the classifier head is always left out).
         min_channels: Channels every layer keeps at least.
         round_to: Round kept channel counts up to a multiple of this.
@@ -100,6 +108,7 @@ class ShapleyPruningCallback(Callback):
         calibration: Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | None = None,
         metric: MetricLike = "cross_entropy",
         ablation: str = "zero",
+        compensation: str = "auto",
         ignored_layers: Sequence[str] = (),
         min_channels: int = 1,
         round_to: int | None = None,
@@ -135,8 +144,9 @@ class ShapleyPruningCallback(Callback):
             )
         if not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be a positive integer, got {shots!r}")
-        if ablation not in ("zero", "mean"):
-            raise ValueError(f"ablation={ablation!r} is invalid; use one of ('zero', 'mean')")
+        if ablation not in ABLATIONS:
+            raise ValueError(f"ablation={ablation!r} is invalid; use one of {ABLATIONS}")
+        resolve_compensation(compensation, ablation)  # validates it
         value_function(metric)  # validates the metric
         if not isinstance(min_channels, int) or min_channels < 1:
             raise ValueError(f"min_channels must be a positive integer, got {min_channels!r}")
@@ -150,6 +160,7 @@ class ShapleyPruningCallback(Callback):
             metric,
             ablation,
         )
+        self.compensation = compensation
         self.ignored_layers = tuple(ignored_layers)
         self.min_channels, self.round_to = min_channels, round_to
         self.fine_tune, self.seed, self.verbose = fine_tune, seed, verbose
@@ -276,6 +287,9 @@ class ShapleyPruningCallback(Callback):
         one_step = self.schedule == "one_shot" or self.scope == "global"
         steps = [layers] if one_step else [[layer] for layer in layers]
         backup = None if one_step else copy.deepcopy(module)
+        compensation = resolve_compensation(self.compensation, self.ablation)
+        # a label-free value compares with the unpruned model, however far pruning has gone
+        scoring_targets = reference_logits(module, inputs) if criterion.label_free else targets
         bar = Tqdm(
             total=len(steps), desc=f"Pruning: scoring channels ({criterion.name})", leave=False,
             disable=trainer.progress_bar_callback is None or not trainer.is_global_zero,
@@ -287,8 +301,12 @@ class ShapleyPruningCallback(Callback):
                 began = time.perf_counter()
                 try:
                     seed = self.seed + 1000 * epoch + index
+                    current = {n: module.get_submodule(n).weight.shape[0] for n in step}
+                    ratio = self._ratios(current, target)
+                    shares = set(ratio.values()) if isinstance(ratio, dict) else {ratio}
+                    cut = shares.pop() if len(shares) == 1 else None
                     scores = criterion.score(
-                        module, step, (inputs, targets), seed=seed, shard=shard
+                        module, step, (inputs, scoring_targets), seed=seed, shard=shard, cut=cut
                     )
                 except Exception as error:
                     raise RuntimeError(
@@ -297,10 +315,10 @@ class ShapleyPruningCallback(Callback):
                     ) from error
                 seconds += time.perf_counter() - began
                 n_evals += scores.n_evals
-                plan = self._plan(scores.values, target, criterion)
+                plan = self._plan(scores.values, ratio, criterion)
                 removed = trainer.strategy.broadcast(plan.removed, src=0)  # one decision, all ranks
                 plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
-                report = prune(module, plan, (inputs, targets), fold_means=self.ablation == "mean",
+                report = prune(module, plan, inputs, compensation=compensation, reference=backup,
                                count_macs=False)  # fmt: skip
                 self.history += report.history
                 channels.update(report.channels_after)
@@ -325,25 +343,24 @@ class ShapleyPruningCallback(Callback):
         values = {value.name: (before, after), "accuracy": (accuracy_before, accuracy_after)}
         self._log(trainer, epoch, report, seconds, n_evals, values)
 
-    def _plan(
-        self, scores: dict[str, torch.Tensor], target: float, criterion: Criterion
-    ) -> PruningPlan:
-        """Remove enough of each layer (or of all) to reach ``target`` of the original channels."""
-        for name, s in scores.items():
-            self.original_channels.setdefault(name, len(s))
-        current = {name: len(s) for name, s in scores.items()}
-        normalize = (
-            "none" if isinstance(criterion, ShapleyCriterion) and self.scope == "global" else "mean"
-        )
+    def _ratios(self, current: dict[str, int], target: float) -> float | dict[str, float]:
+        """What each layer (or all, in global scope) must lose now to reach ``target`` of the
+        original channels."""
+        for name, n in current.items():
+            self.original_channels.setdefault(name, n)
         if self.scope == "global":
-            total0 = sum(self.original_channels[n] for n in scores)
+            total0 = sum(self.original_channels[n] for n in current)
             total = sum(current.values())
-            ratio = max(0.0, (total - (1 - target) * total0) / total)
-        else:
-            ratio = {
-                n: max(0.0, (current[n] - (1 - target) * self.original_channels[n]) / current[n])
-                for n in scores
-            }
+            return max(0.0, (total - (1 - target) * total0) / total)
+        return {
+            n: max(0.0, (current[n] - (1 - target) * self.original_channels[n]) / current[n])
+            for n in current
+        }
+
+    def _plan(
+        self, scores: dict[str, torch.Tensor], ratio: float | dict[str, float], criterion: Criterion
+    ) -> PruningPlan:
+        normalize = "none" if getattr(criterion, "scope", "layer") == "network" else "mean"
         return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
                          min_channels=self.min_channels, round_to=self.round_to)  # fmt: skip
 

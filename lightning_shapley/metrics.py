@@ -3,6 +3,11 @@
 Every value is *higher is better*. Built-in metrics are per-example, so estimators that need the
 spread over examples can have it; a torchmetrics metric or any callable is applied coalition by
 coalition.
+
+Two built-in values need no labels: ``"kl"`` (−KL divergence of the pruned model's predictive
+distribution from the reference's) and ``"logit_mse"`` (−mean squared logit difference). Their
+targets are the *reference logits* ``[N, K]`` of the unpruned model; a game computes them itself
+when it is given labels or no targets at all.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torchmetrics import Metric
 
-__all__ = ["ValueFunction", "value_function"]
+from lightning_shapley.modes import evaluating
+
+__all__ = ["BUILT_IN", "LABEL_FREE", "ValueFunction", "reference_logits", "value_function"]
 
 MetricLike = str | Metric | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-BUILT_IN = ("cross_entropy", "accuracy")
+BUILT_IN = ("cross_entropy", "accuracy", "kl", "logit_mse")
+LABEL_FREE = ("kl", "logit_mse")
 
 
 @dataclass(frozen=True)
@@ -27,14 +36,17 @@ class ValueFunction:
     Attributes:
         name: Readable name for reports.
         per_example: Whether :meth:`per_example_values` is available.
+        label_free: Whether the targets are reference logits ``[N, K]`` rather than labels.
     """
 
     name: str
     per_example: bool
     _fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    label_free: bool = False
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Values ``[m]`` of ``m`` coalitions from logits ``[m, N, K]`` and targets ``[N]``."""
+        """Values ``[m]`` of ``m`` coalitions from logits ``[m, N, K]`` and targets ``[N]``
+        (reference logits ``[N, K]`` for a label-free value)."""
         if self.per_example:
             return self._fn(logits, targets).mean(dim=1)
         return torch.stack([torch.as_tensor(self._fn(row, targets)).float() for row in logits])
@@ -57,6 +69,17 @@ def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == targets).float()
 
 
+def _negative_kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    # −KL(p_ref ‖ p) = Σ_k p_ref,k (log p_k − log p_ref,k), per coalition and example
+    log_ref = torch.log_softmax(reference.float(), dim=-1)
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return (log_ref.exp() * (log_p - log_ref)).sum(dim=-1)
+
+
+def _negative_logit_mse(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return -(logits.float() - reference.float()).pow(2).mean(dim=-1)
+
+
 def _torchmetric(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def compute(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         metric.reset()
@@ -72,7 +95,8 @@ def value_function(metric: MetricLike) -> ValueFunction:
     """Build the value function for ``metric``.
 
     Args:
-        metric: ``"cross_entropy"`` (value = −mean loss), ``"accuracy"``, a torchmetrics
+        metric: ``"cross_entropy"`` (value = −mean loss), ``"accuracy"``, the label-free
+            ``"kl"`` or ``"logit_mse"`` (agreement with reference logits), a torchmetrics
             ``Metric`` (its ``compute()``), or a callable ``(logits [N, K], targets [N]) → scalar``.
             Metrics and callables must be *higher is better*: negate a loss.
 
@@ -86,6 +110,10 @@ def value_function(metric: MetricLike) -> ValueFunction:
             return ValueFunction("cross_entropy", True, _negative_cross_entropy)
         if metric == "accuracy":
             return ValueFunction("accuracy", True, _accuracy)
+        if metric == "kl":
+            return ValueFunction("kl", True, _negative_kl, label_free=True)
+        if metric == "logit_mse":
+            return ValueFunction("logit_mse", True, _negative_logit_mse, label_free=True)
         raise ValueError(
             f"metric={metric!r} is unknown; use one of {BUILT_IN}, a torchmetrics "
             "Metric or a callable (logits, targets) -> scalar"
@@ -97,3 +125,12 @@ def value_function(metric: MetricLike) -> ValueFunction:
     raise TypeError(
         f"metric must be a name, a torchmetrics Metric or a callable, got {type(metric).__name__}"
     )
+
+
+def reference_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's eval-mode logits ``[N, K]`` on ``inputs`` ``[N, ...]``: the targets of a
+    label-free value (its modes are restored)."""
+    with evaluating(model), torch.no_grad():
+        outputs = [model(x) for x in inputs.split(batch_size)]
+    outputs = [o[0] if isinstance(o, tuple | list) else o for o in outputs]
+    return torch.cat(outputs).detach()

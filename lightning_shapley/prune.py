@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
-from lightning_shapley.compensation import mean_bias_updates
+from lightning_shapley.compensation import (
+    COMPENSATIONS,
+    least_squares_updates,
+    mean_bias_updates,
+    regression_updates,
+)
 from lightning_shapley.plan import PruningPlan
 from lightning_shapley.pruning import (
     apply_plan,
@@ -65,9 +70,10 @@ class PruningReport:
 def prune(
     model: nn.Module,
     plan: PruningPlan,
-    data: CalibrationData | torch.Tensor,
+    data: CalibrationData,
     *,
-    fold_means: bool = False,
+    compensation: str = "none",
+    reference: nn.Module | None = None,
     count_macs: bool = True,
 ) -> PruningReport:
     """Remove the planned channels physically, all or nothing.
@@ -75,30 +81,39 @@ def prune(
     Args:
         model: The network, pruned in place.
         plan: Channels to remove by layer (see :func:`~lightning_shapley.plan.make_plan`).
-        data: Calibration data, or just an input batch ``[B, ...]`` when ``fold_means`` is off.
-        fold_means: Fold the removed channels' calibration means into the consumers' biases,
-            so the pruned model matches the ``mean``-ablated game (see
-            :mod:`~lightning_shapley.compensation`).
+        data: Calibration data; inputs ``[N, ...]`` alone are enough (no labels are used).
+        compensation: ``"none"``, ``"mean"`` (fold the removed channels' calibration means into
+            the consumers' biases, so the pruned model matches the ``mean``-ablated game),
+            ``"regression"`` (fold the kept channels' predictions of the removed ones, to match
+            the ``regression``-ablated game) or ``"least_squares"`` (refit the consumers to
+            their unpruned outputs); see
+            :mod:`~lightning_shapley.compensation`.
+        reference: With ``"least_squares"``: the unpruned model, whose consumer outputs the
+            refit reproduces where sizes agree (for a model pruned in several steps).
         count_macs: Count MACs before and after (a traced forward each); ``False`` reports 0.
 
     Raises:
-        ValueError: As :func:`~lightning_shapley.pruning.apply_plan`; the model is unchanged.
+        ValueError: As :func:`~lightning_shapley.pruning.apply_plan`, or on an unknown
+            compensation or a consumer it cannot handle; the model is then unchanged.
     """
-    if isinstance(data, torch.Tensor):
-        if fold_means:
-            raise ValueError("fold_means needs calibration data, not only an input batch")
-        inputs = data
-    else:
-        inputs, _ = as_calibration_tensors(data)
+    if compensation not in COMPENSATIONS:
+        raise ValueError(f"compensation={compensation!r} is invalid; use one of {COMPENSATIONS}")
+    inputs, _ = as_calibration_tensors(data)
     example = inputs[:1].to(next(model.parameters()).device)
     params_before, macs_before = _sizes(model, example, count_macs)
-    updates = None
-    if fold_means:
+    bias_updates = weight_updates = None
+    if compensation != "none":
         graph = build_dependency_graph(model, example)
         groups = [channel_group(model, layer, example, graph=graph) for layer in plan.removed]
         batches = list(inputs.to(example.device).split(256))
-        updates = mean_bias_updates(model, groups, list(plan.removed.values()), batches)
-    history = apply_plan(model, plan.removed, example, bias_updates=updates)
+        removed = list(plan.removed.values())
+        if compensation == "mean":
+            bias_updates = mean_bias_updates(model, groups, removed, batches)
+        else:
+            refit = regression_updates if compensation == "regression" else least_squares_updates
+            options = {"reference": reference} if compensation == "least_squares" else {}
+            weight_updates, bias_updates = refit(model, groups, removed, batches, **options)
+    history = apply_plan(model, plan.removed, example, bias_updates, weight_updates)
     params_after, macs_after = _sizes(model, example, count_macs)
     return PruningReport(
         params_before=params_before,

@@ -303,6 +303,7 @@ def apply_plan(
     removed: dict[str, list[int]],
     example_input: torch.Tensor,
     bias_updates: dict[str, torch.Tensor] | None = None,
+    weight_updates: dict[str, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Remove channels physically, all or nothing.
 
@@ -312,6 +313,8 @@ def apply_plan(
         example_input: ``[1, ...]`` an input the model accepts.
         bias_updates: Amounts ``[out_features]`` (of the unpruned layers) to add to consumer
             biases (compensation); a missing bias is created.
+        weight_updates: Amounts (shaped as the unpruned layers' weights) to add to consumer
+            weights before the removal (compensation).
 
     Returns:
         The history of what was done, as plain lists and dicts (see :func:`replay`).
@@ -324,6 +327,15 @@ def apply_plan(
     backup = copy.deepcopy(model)
     try:
         # biases first: a consumer may itself lose output channels, and its bias with them
+        with torch.no_grad():
+            for name, update in (weight_updates or {}).items():
+                weight = model.get_submodule(name).weight
+                if update.shape != weight.shape:
+                    raise ValueError(
+                        f"weight update of {name!r} has shape {tuple(update.shape)}, the weight "
+                        f"{tuple(weight.shape)}"
+                    )
+                weight.add_(update.to(weight))
         history = [
             _add_to_bias(model, name, update) for name, update in (bias_updates or {}).items()
         ]

@@ -21,7 +21,17 @@ def test_empty_or_malformed_data_is_refused():
     with pytest.raises(ValueError, match="pairs"):
         as_calibration_tensors(DataLoader(torch.randn(4, 2)))
     with pytest.raises(TypeError, match="calibration data must be"):
-        as_calibration_tensors(torch.randn(3, 2))
+        as_calibration_tensors([torch.randn(3, 2)])
+    with pytest.raises(ValueError, match="empty"):
+        as_calibration_tensors(torch.empty(0, 2))
+
+
+def test_inputs_alone_and_reference_logits_are_calibration_data():
+    x = torch.randn(3, 2)
+    inputs, targets = as_calibration_tensors(x)
+    assert inputs is x and targets is None
+    logits = torch.randn(3, 4)
+    assert as_calibration_tensors((x, logits))[1].shape == (3, 4)
 
 
 def test_few_shot_indices_are_balanced_and_reproducible():

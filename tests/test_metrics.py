@@ -26,3 +26,20 @@ def test_callables_and_errors():
         value_function("f1")
     with pytest.raises(TypeError, match="metric must be"):
         value_function(3)
+
+
+def test_label_free_values_compare_with_reference_logits():
+    reference = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    same = value_function("kl")(reference.unsqueeze(0), reference)
+    assert same.tolist() == pytest.approx([0.0], abs=1e-6)
+    shifted = reference + 5.0  # the same distribution: logits are shift-invariant
+    assert value_function("kl")(shifted.unsqueeze(0), reference).item() == pytest.approx(
+        0, abs=1e-6
+    )
+    other = torch.tensor([[[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]]])
+    p = reference.softmax(-1)
+    expected = -(p * (p.log() - other[0].log_softmax(-1))).sum(-1).mean()
+    assert value_function("kl")(other, reference).item() == pytest.approx(expected.item(), rel=1e-5)
+    mse = value_function("logit_mse")(other, reference).item()
+    assert mse == pytest.approx(-(other[0] - reference).pow(2).mean().item())
+    assert value_function("kl").label_free and not value_function("cross_entropy").label_free

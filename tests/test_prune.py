@@ -11,6 +11,7 @@ import torchvision
 
 from lightning_shapley import ChannelGame
 from lightning_shapley.checkpoint import load_pruned, save_pruned
+from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.models import DigitsCNN
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
@@ -48,12 +49,13 @@ def random_removal(game: ChannelGame, seed: int) -> tuple[torch.Tensor, dict[str
 
 
 MEAN_EXACT_ENOUGH = ("sequential cnn", "concat")  # feature maps large next to the padding
+FOLDED = ("mean", "regression")
 
 
 @pytest.mark.parametrize(
     "name, build, layers, shape, ablation",
     [(*case, "zero") for case in ARCHITECTURES]
-    + [(*case, "mean") for case in ARCHITECTURES if case[0] in MEAN_EXACT_ENOUGH],
+    + [(*case, a) for case in ARCHITECTURES if case[0] in MEAN_EXACT_ENOUGH for a in FOLDED],
 )
 def test_masked_game_equals_pruned_model(name, build, layers, shape, ablation):
     torch.manual_seed(0)
@@ -62,10 +64,12 @@ def test_masked_game_equals_pruned_model(name, build, layers, shape, ablation):
     game = ChannelGame(model, layers, (x, y), ablation=ablation)
     mask, removed = random_removal(game, seed=1)
     masked_value = game(mask.unsqueeze(0)).item()
-    report = prune(model, plan_for(game, removed), (x, y), fold_means=ablation == "mean")
+    report = prune(
+        model, plan_for(game, removed), (x, y), compensation=resolve_compensation("auto", ablation)
+    )
     with torch.no_grad():
         pruned_value = -F.cross_entropy(model(x), y).item()
-    # zero ablation is exact; folded means are exact except where convolutions zero-pad
+    # zero ablation is exact; folded means and predictions are exact except at padded borders
     tolerance = 1e-4 if ablation == "zero" else 0.05
     assert pruned_value == pytest.approx(masked_value, abs=tolerance), name
     assert report.params_after < report.params_before
@@ -81,7 +85,7 @@ def test_mean_folding_is_exact_for_a_linear_consumer_and_creates_a_bias():
     mask = torch.ones(1, game.n_players, dtype=torch.bool)
     mask[0, [0, 5, 9]] = False
     expected = game(mask).item()
-    prune(model, plan_for(game, {"12": [0, 5, 9]}), (x, y), fold_means=True)
+    prune(model, plan_for(game, {"12": [0, 5, 9]}), (x, y), compensation="mean")
     assert model[14].bias is not None
     with torch.no_grad():
         assert -F.cross_entropy(model(x), y).item() == pytest.approx(expected, abs=1e-5)
@@ -142,7 +146,7 @@ def test_save_and_load_round_trip_is_bitwise(tmp_path):
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     layers = ["conv1", "layer2.0.conv1", "layer4.1.conv1"]
     scores = {layer: torch.rand(model.get_submodule(layer).out_channels) for layer in layers}
-    history = prune(model, make_plan(scores, 0.3), (x, y), fold_means=True).history
+    history = prune(model, make_plan(scores, 0.3), (x, y), compensation="mean").history
     second = prune(model, make_plan({"layer2.0.conv1": torch.rand(90)}, 0.5), x).history
     save_pruned(model, history + second, tmp_path / "pruned.pt")
 

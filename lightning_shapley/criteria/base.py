@@ -38,6 +38,9 @@ class Criterion:
     """Scores the channels of each layer's group. Subclasses implement :meth:`_score`."""
 
     name: str = "criterion"
+    label_free: bool = False
+    """Whether the criterion's value needs no labels: its targets are then reference logits
+    ``[N, K]`` (see :mod:`~lightning_shapley.metrics`), or none at all."""
 
     def score(
         self,
@@ -47,6 +50,7 @@ class Criterion:
         *,
         seed: int = 0,
         shard: GameWrapper | None = None,
+        cut: float | None = None,
     ) -> ChannelScores:
         """Score the channels of ``layers`` (one per group) on calibration ``data``.
 
@@ -57,10 +61,16 @@ class Criterion:
             seed: Seed of any randomness.
             shard: Wraps every game the criterion plays (e.g. to share its evaluations across
                 processes, see :class:`~lightning_shapley.games.distributed.ShardedGame`).
+            cut: The share of channels the plan will remove (of each layer, or of all of them
+                for a network-wide game). Criteria that search for the best kept set stop there;
+                the others ignore it.
 
         The model's train/eval modes, gradients and grad mode are left as they were.
         """
         self._shard = shard or (lambda game: game)
+        if cut is not None and not 0 <= cut < 1:
+            raise ValueError(f"cut must be a share in [0, 1), got {cut!r}")
+        self._cut = cut
         if not layers:
             raise ValueError("layers is empty: name at least one layer to score")
         inputs, targets = as_calibration_tensors(data)
@@ -68,7 +78,7 @@ class Criterion:
         began = time.perf_counter()
         with _untouched(model):
             values, n_evals = self._score(
-                model, list(layers), inputs.to(device), targets.to(device), seed
+                model, list(layers), inputs.to(device), _to(targets, device), seed
             )
         return ChannelScores(
             {k: v.detach().float().cpu() for k, v in values.items()},
@@ -81,13 +91,17 @@ class Criterion:
         model: nn.Module,
         layers: list[str],
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: torch.Tensor | None,
         seed: int,
     ) -> tuple[dict[str, torch.Tensor], int]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _to(targets: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if targets is None else targets.to(device)
 
 
 @contextmanager

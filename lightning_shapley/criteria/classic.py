@@ -46,6 +46,8 @@ class ImportanceCriterion(Criterion):
 
     def _score(self, model, layers, inputs, targets, seed):
         if self.kind == "taylor":
+            if targets is None or targets.dim() != 1:
+                raise ValueError("the taylor criterion needs labelled calibration data [N]")
             model.eval()
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():

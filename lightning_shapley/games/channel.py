@@ -11,9 +11,14 @@ from torch import fx, nn
 
 from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
 from lightning_shapley.games.base import check_masks
-from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
+from lightning_shapley.games.masking import (
+    ConsumerMask,
+    ConsumerRefit,
+    consumer_input_means,
+    linear_imputations,
+)
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram, _first_tensor
-from lightning_shapley.metrics import MetricLike, value_function
+from lightning_shapley.metrics import MetricLike, reference_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import (
     ChannelGroup,
@@ -22,10 +27,11 @@ from lightning_shapley.pruning import (
     check_distinct_groups,
     merged_consumers,
 )
+from lightning_shapley.refit import check_refittable, input_grams
 
 __all__ = ["ABLATIONS", "STRATEGIES", "ChannelGame"]
 
-ABLATIONS = ("zero", "mean")
+ABLATIONS = ("zero", "mean", "regression", "refit")
 STRATEGIES = ("auto", "suffix", "full")
 
 _SELF_CHECK_TOLERANCE = 1e-4
@@ -54,8 +60,16 @@ class ChannelGame:
         layer: A convolution or linear layer (qualified name or module), or a sequence of them.
         data: Calibration data: ``(inputs, targets)`` tensors, a ``DataLoader`` or a ``Dataset``.
         metric: ``"cross_entropy"`` (value = −mean loss, the default), ``"accuracy"``, a
-            torchmetrics ``Metric`` or a callable ``(logits, targets) → scalar``, higher is better.
-        ablation: ``"zero"`` or ``"mean"`` (the channel's mean over the calibration set).
+            torchmetrics ``Metric`` or a callable ``(logits, targets) → scalar``, higher is better;
+            or a label-free ``"kl"`` / ``"logit_mse"``: agreement with reference logits ``[N, K]``
+            passed as the targets, or else with the unmasked model's own outputs (the data may
+            then be inputs alone).
+        ablation: ``"zero"``, ``"mean"`` (the channel's mean over the calibration set) or
+            ``"regression"`` (its least-squares prediction from the kept channels, see
+            :class:`~lightning_shapley.games.masking.LinearImputation`), or ``"refit"`` (no
+            stand-in: each consumer is refit by least squares to its full output on the kept
+            channels, which is what pruning with ``compensation="least_squares"`` gives; see
+            :mod:`~lightning_shapley.refit`).
         strategy: ``"auto"``, ``"suffix"`` or ``"full"``.
         chunk_size: Coalitions per forward, or ``"auto"`` to settle it by timing the first calls.
         memory_budget_mb: Bound on the memory of one chunk and of the cached matrix products.
@@ -102,8 +116,8 @@ class ChannelGame:
 
         device = _device_of(model)
         inputs, targets = as_calibration_tensors(data)
-        self.targets = targets.to(device)
         self._batches = list(inputs.to(device).split(batch_size))
+        self.targets = self._targets(targets, device)
 
         layers = list(layer) if isinstance(layer, list | tuple) else [layer]
         if not layers:
@@ -182,9 +196,16 @@ class ChannelGame:
             first = args[0].view(m, batch, *args[0].shape[1:])
             return (self._masks[name].apply(first, masks).flatten(0, 1), *args[1:])
 
+        def refit_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            mask = self._masks[self._module_names[module]]
+            x = args[0].view(m, batch, *args[0].shape[1:])
+            return mask.refit.outputs(x, mask.feature_masks(masks).bool())
+
         handles = [
             self.model.get_submodule(name).register_forward_pre_hook(mask_input)
-            for name in self._masks
+            if mask.refit is None
+            else self.model.get_submodule(name).register_forward_hook(refit_output)
+            for name, mask in self._masks.items()
         ]
         try:
             return _first_tensor(self.model(x.repeat(m, *[1] * (x.dim() - 1))))
@@ -194,16 +215,40 @@ class ChannelGame:
 
     # -- construction -------------------------------------------------------------------------
 
+    def _targets(self, targets: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Labels ``[N]``, or for a label-free value the reference logits ``[N, K]``: given, or
+        the unmasked model's own."""
+        if not self.value_function.label_free:
+            if targets is None:
+                raise ValueError(
+                    f"metric {self.value_function.name!r} needs targets; unlabelled "
+                    "calibration data needs a label-free metric ('kl' or 'logit_mse')"
+                )
+            return targets.to(device)
+        if targets is not None and targets.dim() == 2 and targets.is_floating_point():
+            return targets.to(device)
+        return reference_logits(self.model, torch.cat(self._batches), len(self._batches[0]))
+
     def _consumer_masks(self) -> dict[str, ConsumerMask]:
         """One mask per consumer; players numbered group after group."""
         consumers = merged_consumers(self.groups)
         self._module_names = {self.model.get_submodule(name): name for name in consumers}
-        means = (
-            consumer_input_means(self.model, consumers, self._batches)
-            if self.ablation == "mean"
-            else {}
-        )
-        return {name: ConsumerMask(c, means.get(name)) for name, c in consumers.items()}
+        if self.ablation == "zero":
+            return {name: ConsumerMask(c) for name, c in consumers.items()}
+        if self.ablation == "refit":
+            modules = {name: self.model.get_submodule(name) for name in consumers}
+            for name, module in modules.items():
+                check_refittable(name, module)
+            grams = input_grams(self.model, modules, self._batches, folds=2)
+            return {
+                name: ConsumerMask(c, refit=ConsumerRefit(modules[name], grams[name][0]))
+                for name, c in consumers.items()
+            }
+        means = consumer_input_means(self.model, consumers, self._batches)
+        if self.ablation == "mean":
+            return {name: ConsumerMask(c, means[name]) for name, c in consumers.items()}
+        imputations = linear_imputations(self.model, consumers, self._batches, means)
+        return {name: ConsumerMask(c, None, imputations[name]) for name, c in consumers.items()}
 
     def _build_program(self, strategy: str) -> tuple[SuffixProgram | None, list[PrefixCache]]:
         """Trace the model, cache the prefix, check the suffix against full forwards.

@@ -1,8 +1,11 @@
 """Removing channels at the consumers' inputs, for many coalitions at once.
 
 A coalition keeps some channels of a group; every consumer of the group sees the removed
-channels' features replaced by zero (``zero`` ablation) or by their mean over the calibration
-set (``mean`` ablation). Masking there, and only there, is what physical pruning does.
+channels' features replaced by zero (``zero`` ablation), by their mean over the calibration
+set (``mean`` ablation), or by their least-squares prediction from the channels the coalition
+keeps (``regression`` ablation, see :class:`LinearImputation`). Masking there, and only there,
+is what physical pruning does; the mean and the prediction fold into the consumer's weights and
+bias (see :mod:`~lightning_shapley.compensation`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,130 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_shapley.pruning import Consumer
+from lightning_shapley.refit import kept_columns, refit_parameters
 
-__all__ = ["ConsumerMask", "consumer_input_means", "factorize"]
+__all__ = [
+    "ConsumerMask",
+    "ConsumerRefit",
+    "LinearImputation",
+    "consumer_input_means",
+    "factorize",
+    "linear_imputations",
+]
+
+MAX_IMPUTED_PLAYERS = 1024
+
+
+class LinearImputation:
+    """Removed channels predicted from kept ones: ``x_R ≈ μ_R + Σ_RK (Σ_KK + λI)⁻¹ (x_K − μ_K)``.
+
+    At one consumer, each player (channel) owns ``f`` input features (1 for a convolution, the
+    spatial positions for a linear layer after a flatten). ``μ`` ``[p, f]`` is each feature's
+    calibration mean and ``Σ`` ``[p, p]`` the covariance between players, pooled over examples,
+    positions and features. Removing a channel then costs the network only what the kept
+    channels cannot linearly stand in for, which is what a pruned model whose consumer weights
+    are refit can achieve (neuron merging is the special case of one stand-in per channel).
+    ``λ`` is ``ridge`` times the mean variance.
+
+    Args:
+        layout: ``[p, f]`` the consumer input features of each present player, in player order.
+        players: ``[p]`` the player index of each row of ``layout``.
+        mean: ``[p, f]`` feature means.
+        covariance: ``[p, p]`` player covariance.
+        ridge: Relative ridge ``λ``.
+    """
+
+    def __init__(
+        self,
+        layout: torch.Tensor,
+        players: torch.Tensor,
+        mean: torch.Tensor,
+        covariance: torch.Tensor,
+        ridge: float = 1e-3,
+    ) -> None:
+        self.layout, self.players, self.mean = layout, players, mean
+        self.covariance = covariance.double()
+        self.ridge = ridge * float(self.covariance.diagonal().mean().clamp_min(1e-12))
+
+    def predictors(self, kept: torch.Tensor) -> torch.Tensor:
+        """``[m, p, p]`` matrices ``G`` with ``x̂ − μ = G (x − μ)`` for kept sets ``[m, p]``
+        (bool): ``Σ_{:,K} (Σ_KK + λI)⁻¹`` embedded, zero in removed columns."""
+        d = kept.double()
+        outer = d.unsqueeze(2) * d.unsqueeze(1)
+        eye = torch.eye(len(self.covariance), dtype=torch.float64, device=kept.device)
+        system = self.covariance * outer + eye * (1 - d + self.ridge * d).unsqueeze(1)
+        right = d.unsqueeze(2) * self.covariance  # D Σ
+        return (d.unsqueeze(2) * torch.linalg.solve(system, right)).transpose(1, 2)
+
+    def fill(self, y: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Replace removed players' features in ``y`` ``[m or 1, B, p, f, ...]`` by their
+        prediction from the kept ones (``kept`` ``[m, p]``)."""
+        shape = [1, 1, -1, self.layout.shape[1]] + [1] * (y.dim() - 4)
+        centred = y - self.mean.view(shape)
+        g = self.predictors(kept).to(y.dtype)  # [m, p, p]
+        predicted = torch.einsum("mqp,mbp...->mbq...", g, centred.expand(len(kept), *y.shape[1:]))
+        keep = kept.to(y.dtype).view(len(kept), 1, -1, *[1] * (y.dim() - 3))
+        return y * keep + (predicted + self.mean.view(shape)) * (1 - keep)
+
+
+class ConsumerRefit:
+    """A consumer refit, per coalition, to its full output on the inputs the coalition keeps
+    (``refit`` ablation; see :mod:`~lightning_shapley.refit`).
+
+    With few calibration examples a refit can reproduce them whatever it lost, which would make
+    every coalition look as good as the full one. So the refit is *cross-fitted*: the examples
+    fall into ``folds`` by their position in the batch, and each is evaluated with the refit
+    fitted on the other folds, which measures what the refit recovers on examples it has not
+    seen.
+
+    Args:
+        module: The consumer (linear, or an ungrouped zero-padded 2-d convolution).
+        grams: ``[folds, D + 1, D + 1]`` Gram matrices of its input rows by fold (see
+            :func:`~lightning_shapley.refit.input_grams`).
+        ridge: Relative ridge of the refit.
+    """
+
+    def __init__(self, module: nn.Module, grams: torch.Tensor, ridge: float = 1e-3) -> None:
+        self.module, self.grams, self.ridge = module, grams, ridge
+        total = grams.sum(dim=0)
+        self._fitting = [total - g for g in grams] if len(grams) > 1 else [total]
+        self._last: tuple[torch.Tensor, list] | None = None
+
+    def parameters_for(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per fold, refit weights ``[m, *weight.shape]`` and biases ``[m, O]`` for kept input
+        features ``[m, in_features]`` (the last call's are reused: every batch asks)."""
+        if self._last is not None and torch.equal(self._last[0], features):
+            return self._last[1]
+        kept = kept_columns(self.module, features)
+        parameters = [refit_parameters(g, self.module, kept, self.ridge) for g in self._fitting]
+        self._last = (features.clone(), parameters)
+        return parameters
+
+    def outputs(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[m · B, ...]`` from inputs ``x`` ``[m or 1, B, ...]`` and kept features
+        ``[m, in_features]``."""
+        folds = self.parameters_for(features)
+        out = torch.stack([self._apply(x, w, b) for w, b in folds])  # [folds, m, B, ...]
+        fold = torch.arange(x.shape[1], device=x.device) % len(folds)
+        picked = out.gather(
+            0, fold.view(1, 1, -1, *[1] * (out.dim() - 3)).expand(1, *out.shape[1:])
+        )
+        return picked[0].flatten(0, 1)
+
+    def _apply(self, x: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
+        """``[m, B, ...]`` outputs of the ``m`` refit consumers."""
+        m, module = len(weights), self.module
+        if isinstance(module, nn.Linear):
+            out = torch.einsum("mbi,moi->mbo", x.reshape(len(x), -1, x.shape[-1]), weights)
+            out = out + biases.unsqueeze(1)
+            return out.reshape(m, x.shape[1], *x.shape[2:-1], -1)
+        convolve = lambda inputs, w, b: F.conv2d(  # noqa: E731
+            inputs, w, b, module.stride, module.padding, module.dilation
+        )
+        if len(x) == 1:  # one input for every coalition: one convolution with stacked weights
+            out = convolve(x[0], weights.flatten(0, 1), biases.flatten())
+            return out.view(len(out), m, -1, *out.shape[2:]).transpose(0, 1)
+        return torch.stack([convolve(x[j], weights[j], biases[j]) for j in range(m)])
 
 
 class ConsumerMask:
@@ -23,11 +148,22 @@ class ConsumerMask:
         consumer: The consumer and which of its input features belong to which player.
         mean: ``[in_features]`` the mean input feature over the calibration set (``mean``
             ablation), or ``None`` for zero ablation.
+        imputation: Predicts removed channels from kept ones (``regression`` ablation).
+        refit: Refits the consumer to the kept channels (``refit`` ablation); its
+            :meth:`ConsumerRefit.outputs` then replace the consumer's forward.
     """
 
-    def __init__(self, consumer: Consumer, mean: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        mean: torch.Tensor | None = None,
+        imputation: LinearImputation | None = None,
+        refit: ConsumerRefit | None = None,
+    ) -> None:
         self.consumer = consumer
         self.mean = mean
+        self.imputation = imputation
+        self.refit = refit
 
     def feature_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Float masks ``[m, in_features]`` of the consumer inputs from player masks ``[m, n]``."""
@@ -42,14 +178,27 @@ class ConsumerMask:
         Returns:
             ``[m, B, ...]`` the masked inputs.
         """
+        dim = x.dim() - 1 if self.consumer.channel_dim == -1 else 2
+        if self.imputation is not None:
+            return self._impute(x, masks, dim)
         feature = self.feature_masks(masks.to(x.dtype))
         shape = [len(masks), 1] + [1] * (x.dim() - 2)
-        dim = x.dim() - 1 if self.consumer.channel_dim == -1 else 2
         shape[dim] = self.consumer.in_features
         feature = feature.view(shape)
         if self.mean is None:
             return x * feature
         return x * feature + self.mean.view(shape[1:]) * (1 - feature)
+
+    def _impute(self, x: torch.Tensor, masks: torch.Tensor, dim: int) -> torch.Tensor:
+        imputation = self.imputation
+        layout = imputation.layout.to(x.device)
+        p, f = layout.shape
+        y = x.index_select(dim, layout.flatten()).movedim(dim, 2)  # [m|1, B, p·f, ...]
+        y = y.reshape(*y.shape[:2], p, f, *y.shape[3:])
+        filled = imputation.fill(y, masks[:, imputation.players.to(masks.device)].bool())
+        filled = filled.flatten(2, 3).movedim(2, dim)
+        out = x.expand(len(masks), *x.shape[1:]).clone()
+        return out.index_copy_(dim, layout.flatten(), filled)
 
 
 def consumer_input_means(
@@ -98,6 +247,8 @@ def factorize(
         ``(base [B, ...out], parts [n_players, B * out_numel])``, or ``None`` when the module
         cannot be factorized.
     """
+    if mask.imputation is not None or mask.refit is not None:  # not linear in the coalition
+        return None
     c = mask.consumer
     feature_idx, player_idx = c.feature_idx.to(x.device), c.player_idx.to(x.device)
     mean = None if mask.mean is None else mask.mean[feature_idx]
@@ -151,3 +302,70 @@ def factorized_bytes(module: nn.Module, x: torch.Tensor, n_players: int) -> int:
     """Bytes the ``parts`` of :func:`factorize` take for the consumer input ``x`` ``[B, ...]``."""
     out = module(x[:1])
     return n_players * out.numel() * len(x) * out.element_size()
+
+
+def linear_imputations(
+    model: nn.Module,
+    consumers: dict[str, Consumer],
+    batches: list[torch.Tensor],
+    means: dict[str, torch.Tensor],
+    ridge: float = 1e-3,
+) -> dict[str, LinearImputation]:
+    """The :class:`LinearImputation` of each consumer from calibration batches.
+
+    Args:
+        model: The network (unmasked).
+        consumers: The consumers, by name.
+        batches: Calibration inputs ``[B, ...]``.
+        means: ``[in_features]`` mean input features by consumer (see
+            :func:`consumer_input_means`).
+        ridge: Relative ridge of the predictions.
+
+    Raises:
+        ValueError: If a consumer's channels own different numbers of input features, or one
+            consumer sees more than ``MAX_IMPUTED_PLAYERS`` channels.
+    """
+    layouts = {}
+    for name, c in consumers.items():
+        players = torch.unique(c.player_idx)
+        rows = [torch.sort(c.feature_idx[c.player_idx == p]).values for p in players.tolist()]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"regression ablation: the channels feeding {name!r} own different "
+                             "numbers of its input features")  # fmt: skip
+        if len(players) > MAX_IMPUTED_PLAYERS:
+            raise ValueError(f"regression ablation: {name!r} reads {len(players)} channels, more "
+                             f"than {MAX_IMPUTED_PLAYERS}; use the mean ablation")  # fmt: skip
+        layouts[name] = (torch.stack(rows), players)
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    names = {model.get_submodule(name): name for name in consumers}
+
+    def accumulate(module: nn.Module, args: tuple) -> None:
+        name, x = names[module], args[0]
+        layout = layouts[name][0].to(x.device)
+        dim = x.dim() - 1 if consumers[name].channel_dim == -1 else 1
+        y = x.index_select(dim, layout.flatten()) - means[name][layout.flatten()].view(
+            [-1 if d == dim else 1 for d in range(x.dim())]
+        )
+        y = y.movedim(dim, -1).reshape(-1, *layout.shape).transpose(1, 2).reshape(-1, len(layout))
+        grams[name] = grams.get(name, 0) + y.double().T @ y.double()
+        counts[name] = counts.get(name, 0) + len(y)
+
+    handles = [module.register_forward_pre_hook(accumulate) for module in names]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        name: LinearImputation(
+            layout,
+            players,
+            means[name][layout.flatten()].view(layout.shape),
+            grams[name] / counts[name],
+            ridge,
+        )
+        for name, (layout, players) in layouts.items()
+    }

@@ -146,9 +146,14 @@ class SuffixProgram:
                     if source in env
                     else cache.values[source].unsqueeze(0)
                 )
-                masked = self.masks[node.target].apply(x, masks).flatten(0, 1)
-                args = (masked, *fx.node.map_arg(node.args[1:], value))
-                env[node] = self._modules[node.target](*args, **fx.node.map_arg(node.kwargs, value))
+                mask = self.masks[node.target]
+                if mask.refit is not None:
+                    env[node] = mask.refit.outputs(x, mask.feature_masks(masks).bool())
+                else:
+                    masked = mask.apply(x, masks).flatten(0, 1)
+                    args = (masked, *fx.node.map_arg(node.args[1:], value))
+                    kwargs = fx.node.map_arg(node.kwargs, value)
+                    env[node] = self._modules[node.target](*args, **kwargs)
             else:
                 env[node] = self._execute(node, value, None)
             if track:

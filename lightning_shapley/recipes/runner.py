@@ -17,7 +17,9 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from lightning_shapley.calibration import few_shot_indices
+from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import Criterion, ShapleyCriterion, criterion_by_name
+from lightning_shapley.metrics import reference_logits
 from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
 from lightning_shapley.plan import make_plan
 from lightning_shapley.prune import prune
@@ -134,33 +136,32 @@ def run_recipe(recipe: Recipe, output: str | Path | None = None, *, progress: bo
 def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed, instance, shots):
     p, ft = recipe.pruning, recipe.fine_tune
     criterion = _criterion(name, recipe)
-    normalize = "none" if name == "shapley" and p.scope == "global" else "mean"
+    normalize = "none" if getattr(criterion, "scope", "layer") == "network" else "mean"
     device = recipe.device
-    calib = (calib[0].to(device), calib[1].to(device))
+    inputs = calib[0].to(device)
+    # a label-free value compares with the unpruned model's outputs, however far pruning has gone
+    targets = reference_logits(model, inputs) if criterion.label_free else calib[1].to(device)
+    compensation = resolve_compensation(p.compensation, p.ablation)
     base = dict(instance=instance, criterion=name, shots=shots, seed=seed)
     rows = []
-    one_shot = None
-    if p.schedule == "one_shot":
-        began = time.perf_counter()
-        one_shot = criterion.score(model, layers, calib, seed=seed)
-        one_shot_seconds = time.perf_counter() - began
     for ratio in p.ratios:
         pruned = copy.deepcopy(model)
-        if one_shot is not None:
-            plan = make_plan(one_shot.values, ratio, scope=p.scope, normalize=normalize)
-            prune(pruned, plan, calib, fold_means=p.ablation == "mean", count_macs=False)
-            seconds, evaluations = one_shot_seconds, one_shot.n_evals
+        began = time.perf_counter()
+        if p.schedule == "one_shot":
+            scores = criterion.score(model, layers, (inputs, targets), seed=seed, cut=ratio)
+            plan = make_plan(scores.values, ratio, scope=p.scope, normalize=normalize)
+            prune(pruned, plan, inputs, compensation=compensation, count_macs=False)
+            evaluations = scores.n_evals
         else:  # layer by layer, first to last, each scored on the partly pruned model
-            seconds, evaluations = 0.0, 0
+            evaluations = 0
             for layer in layers:
-                began = time.perf_counter()
-                scores = criterion.score(pruned, [layer], calib, seed=seed)
-                seconds += time.perf_counter() - began
+                scores = criterion.score(pruned, [layer], (inputs, targets), seed=seed, cut=ratio)
                 evaluations += scores.n_evals
-                prune(
-                    pruned, make_plan(scores.values, ratio), calib, fold_means=p.ablation == "mean"
-                )
-        params, macs = count_params_and_macs(pruned, calib[0][:1])
+                plan = make_plan(scores.values, ratio)
+                prune(pruned, plan, inputs, compensation=compensation, reference=model,
+                      count_macs=False)  # fmt: skip
+        seconds = time.perf_counter() - began
+        params, macs = count_params_and_macs(pruned, inputs[:1])
         done = 0
         for epochs in sorted(set(ft.epochs)):
             if epochs > done:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from lightning_shapley.compensation import COMPENSATIONS
 from lightning_shapley.criteria import CRITERIA
 from lightning_shapley.criteria.game_based import ESTIMATORS
 
@@ -81,6 +82,7 @@ class PruningSpec:
     estimator: str = "permutation"
     budget: int = 512
     ablation: str = "zero"
+    compensation: str = "auto"
     ignored_layers: list[str] = field(default_factory=list)
 
 
@@ -113,6 +115,7 @@ CHOICES = {
     "pruning.schedule": ("one_shot", "layer_by_layer"),
     "pruning.estimator": tuple(ESTIMATORS),
     "pruning.ablation": ("zero", "mean"),
+    "pruning.compensation": ("auto", *COMPENSATIONS),
     "pruning.criteria": tuple(CRITERIA),
 }
 

@@ -44,7 +44,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("ablation", ["zero", "mean"])
+@pytest.mark.parametrize("ablation", ["zero", "mean", "regression"])
 @pytest.mark.parametrize("build, layers, shape", CASES)
 def test_cached_strategies_equal_one_forward_per_coalition(build, layers, shape, ablation):
     torch.manual_seed(0)
@@ -196,3 +196,43 @@ def test_bad_inputs_raise_clear_errors():
     for option, value in bad_options:
         with pytest.raises(ValueError, match=option if option != "metric" else "metric="):
             ChannelGame(model, "3", data, **{option: value})
+
+
+def test_label_free_game_needs_no_labels_and_scores_agreement_with_the_model():
+    torch.manual_seed(0)
+    model = sequential_cnn()
+    x = torch.randn(12, 1, 8, 8)
+    game = ChannelGame(model, "3", x, metric="kl")  # inputs alone
+    masks = masks_for(game.n_players)
+    values = game(masks)
+    assert values[0].item() == pytest.approx(0.0, abs=1e-6)  # the full model agrees with itself
+    assert (values[1:] < 0).all()
+    with torch.no_grad():
+        given = ChannelGame(model, "3", (x, model.eval()(x)), metric="kl")
+    torch.testing.assert_close(given(masks), values)
+    with pytest.raises(ValueError, match="needs targets"):
+        ChannelGame(model, "3", x, metric="cross_entropy")
+
+
+def test_refit_ablation_is_the_least_squares_pruned_model_on_held_out_folds():
+    torch.manual_seed(1)
+    model = sequential_cnn()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for layer in ("0", "3"):
+        game = ChannelGame(model, layer, (x, y), ablation="refit")
+        full = ChannelGame(model, layer, (x, y), ablation="refit", strategy="full")
+        masks = masks_for(game.n_players)
+        torch.testing.assert_close(game(masks), full(masks), rtol=1e-4, atol=1e-5)
+        assert game(masks[:1]).item() == pytest.approx(
+            ChannelGame(model, layer, (x, y))(masks[:1]).item(), abs=1e-5
+        )
+    # cross-fitting: with 2 examples per fold a linear consumer would fit anything in-sample,
+    # yet removing channels still costs value
+    game = ChannelGame(model, "7", x[:4], metric="kl", ablation="refit")
+    masks = masks_for(game.n_players)
+    values = game(masks)
+    assert values[0].item() == pytest.approx(0.0, abs=1e-6) and (values[1:] < -1e-6).all()
+    grouped = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(),
+                            nn.Linear(64, 3))  # fmt: skip
+    with pytest.raises(ValueError, match="cannot refit '1'"):
+        ChannelGame(grouped, "0", (torch.randn(2, 2, 8, 8), torch.tensor([0, 1])), ablation="refit")
