@@ -17,6 +17,11 @@ from lightning_shapley.criteria.game_based import (
     ShapleyCriterion,
     estimator_by_name,
 )
+from lightning_shapley.criteria.gradient import GradientCriterion
+from lightning_shapley.criteria.pruning_aware import (
+    EliminationCriterion,
+    IteratedShapleyCriterion,
+)
 
 __all__ = [
     "CRITERIA",
@@ -25,7 +30,10 @@ __all__ = [
     "AnconaShapley",
     "ChannelScores",
     "Criterion",
+    "EliminationCriterion",
+    "GradientCriterion",
     "ImportanceCriterion",
+    "IteratedShapleyCriterion",
     "RandomCriterion",
     "ShapleyCriterion",
     "criterion_by_name",
@@ -36,12 +44,24 @@ CRITERIA = {
     "shapley": lambda: ShapleyCriterion("permutation"),
     "shapley_network": lambda: ShapleyCriterion("permutation", scope="network"),
     "ancona_shapley": AnconaShapley,
+    "greedy": EliminationCriterion,
+    "greedy_kl": lambda: EliminationCriterion(metric="kl"),
+    "beam": lambda: EliminationCriterion(beam=4),
+    "greedy_refit": lambda: EliminationCriterion(ablation="refit"),
+    "greedy_refit_kl": lambda: EliminationCriterion(metric="kl", ablation="refit"),
+    "greedy_reg": lambda: EliminationCriterion(ablation="regression"),
+    "greedy_reg_kl": lambda: EliminationCriterion(metric="kl", ablation="regression"),
+    "shapley_reg": lambda: ShapleyCriterion("permutation", ablation="regression"),
+    "iterated_shapley": IteratedShapleyCriterion,
     "loo": lambda: ShapleyCriterion("loo", budget=None),
     "random": RandomCriterion,
     "l1": lambda: ImportanceCriterion("l1"),
     "l2": lambda: ImportanceCriterion("l2"),
     "bn_scale": lambda: ImportanceCriterion("bn_scale"),
     "taylor": lambda: ImportanceCriterion("taylor"),
+    "grad_input": lambda: GradientCriterion("grad_input"),
+    "integrated_gradients": lambda: GradientCriterion("integrated_gradients"),
+    "deeplift": lambda: GradientCriterion("deeplift"),
     "apoz": lambda: ActivationCriterion("apoz"),
     "activation_mean": lambda: ActivationCriterion("mean"),
 }

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.estimators import (
+    BanditShapley,
+    DASPShapley,
     Estimator,
     ExactShapley,
     LeaveOneOut,
     PermutationShapley,
+    TMABShapley,
 )
 from lightning_shapley.games import ChannelGame
-from lightning_shapley.metrics import MetricLike
+from lightning_shapley.metrics import MetricLike, value_function
 
 __all__ = ["ESTIMATORS", "AnconaShapley", "ShapleyCriterion", "estimator_by_name"]
 
@@ -22,6 +26,9 @@ ESTIMATORS = {
     "exact": ExactShapley,
     "permutation": PermutationShapley,
     "loo": LeaveOneOut,
+    "dasp": DASPShapley,
+    "bandit": BanditShapley,
+    "tmab": TMABShapley,
 }
 SCOPES = ("layer", "network")
 
@@ -37,7 +44,9 @@ class ShapleyCriterion(Criterion):
     """Channel Shapley values from a :class:`~lightning_shapley.games.ChannelGame`.
 
     Args:
-        estimator: An estimator name (``"exact"``, ``"permutation"``, ``"loo"``, …) or object.
+        estimator: An estimator name (``"exact"``, ``"permutation"``, ``"loo"``, ``"dasp"``,
+            ``"bandit"``, ``"tmab"``) or object. The cut samplers (bandit, TMAB) settle the cut
+            that ``score(..., cut=ratio)`` names, or their own ``cut`` without one.
         budget: Game evaluations per game (``None``: the estimator's own, e.g. ``n + 1`` for
             leave-one-out). Raised, with a warning, where a layer needs more than this for one
             estimate (an antithetic permutation pair costs ``2n`` on ``n`` channels).
@@ -64,6 +73,7 @@ class ShapleyCriterion(Criterion):
         if scope not in SCOPES:
             raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
         self.budget, self.scope, self.metric, self.ablation = budget, scope, metric, ablation
+        self.label_free = value_function(metric).label_free
         self.name = "loo" if isinstance(self.estimator, LeaveOneOut) else "shapley"
 
     def _games(self, model, layers, inputs, targets):
@@ -84,7 +94,11 @@ class ShapleyCriterion(Criterion):
                 f"{budget} evaluations there",
                 stacklevel=4,
             )
-        result = self.estimator.estimate(self._shard(game), budget, seed=seed)
+        estimator = self.estimator
+        if hasattr(estimator, "cut") and self._cut:  # a sampler that settles the cut: this one
+            estimator = copy.copy(estimator)
+            estimator.cut = max(1, int(self._cut * game.n_players))
+        result = estimator.estimate(self._shard(game), budget, seed=seed)
         return result.values, result.n_evals
 
     def _score(self, model, layers, inputs, targets, seed):

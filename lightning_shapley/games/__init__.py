@@ -2,6 +2,7 @@
 
 from lightning_shapley.games.base import Game, check_masks
 from lightning_shapley.games.channel import ChannelGame
+from lightning_shapley.games.restricted import RestrictedGame
 from lightning_shapley.games.synthetic import PairwiseGame, SymmetricGame
 
-__all__ = ["ChannelGame", "Game", "PairwiseGame", "SymmetricGame", "check_masks"]
+__all__ = ["ChannelGame", "Game", "PairwiseGame", "RestrictedGame", "SymmetricGame", "check_masks"]
