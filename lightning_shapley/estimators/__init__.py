@@ -3,6 +3,7 @@
 from lightning_shapley.estimators.bandit import BanditShapley
 from lightning_shapley.estimators.base import Estimator, ShapleyEstimate
 from lightning_shapley.estimators.cut import CutEstimate
+from lightning_shapley.estimators.cut_permutation import CutPermutationShapley
 from lightning_shapley.estimators.dasp import DASPShapley
 from lightning_shapley.estimators.exact import ExactShapley
 from lightning_shapley.estimators.leave_one_out import LeaveOneOut
@@ -10,4 +11,4 @@ from lightning_shapley.estimators.permutation import PermutationShapley
 from lightning_shapley.estimators.tmab import TMABShapley
 
 __all__ = ["Estimator", "ExactShapley", "LeaveOneOut", "PermutationShapley", "ShapleyEstimate"]
-__all__ += ["BanditShapley", "CutEstimate", "DASPShapley", "TMABShapley"]
+__all__ += ["BanditShapley", "CutEstimate", "CutPermutationShapley", "DASPShapley", "TMABShapley"]
