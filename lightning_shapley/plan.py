@@ -9,7 +9,11 @@ torch-pruning group). Three ways to decide how many channels go:
   different layers are made comparable by ``normalize``: ``"mean"`` divides each layer's scores
   by their mean absolute value (torch-pruning's convention), ``"max"`` by their maximum absolute
   value, ``"none"`` leaves them as they are (right for a network-wide Shapley game, whose values
-  share one scale).
+  share one scale). With ``cost`` (what one channel of each layer costs, e.g. from
+  :func:`~lightning_shapley.pruning.channel_costs`), ``ratio`` is a share of the total cost
+  instead: channels go in ranking order until their costs reach it, so how many each layer
+  loses follows from the ranking at a fixed parameter or MAC budget (first-order costs: see
+  :func:`~lightning_shapley.pruning.channel_costs`).
 
 Every layer keeps at least ``min_channels`` (and never fewer than one); with ``round_to`` the
 kept count is rounded up to a multiple of it.
@@ -84,6 +88,7 @@ def make_plan(
     normalize: str = "mean",
     min_channels: int = 1,
     round_to: int | None = None,
+    cost: dict[str, float] | None = None,
 ) -> PruningPlan:
     """Plan the removal of the lowest-scored channels.
 
@@ -94,6 +99,8 @@ def make_plan(
         normalize: How a global ranking compares layers: ``"mean"``, ``"max"`` or ``"none"``.
         min_channels: Channels every layer keeps at least.
         round_to: Round every kept count up to a multiple of this.
+        cost: With ``scope="global"``: the cost of one channel of each layer; ``ratio`` is then
+            the share of the total cost to remove.
 
     Raises:
         ValueError: On a ratio outside ``[0, 1)``, an unknown scope or normalisation, a
@@ -117,6 +124,8 @@ def make_plan(
     scores = {name: torch.as_tensor(s, dtype=torch.float64).flatten() for name, s in scores.items()}
     n_channels = {name: len(s) for name, s in scores.items()}
 
+    if cost is not None and scope != "global":
+        raise ValueError("a cost budget needs scope='global'")
     if isinstance(ratio, dict):
         if scope == "global":
             raise ValueError("a per-layer ratio dict needs scope='layer'")
@@ -141,10 +150,14 @@ def make_plan(
             removed[name] = sorted(torch.argsort(s, stable=True)[:count].tolist())
         return PruningPlan(removed, n_channels, requested)
 
-    return _global_plan(scores, n_channels, requested, normalize, min_channels, round_to)
+    if cost is not None and set(cost) < set(scores):
+        raise ValueError(f"cost misses layers: {sorted(set(scores) - set(cost))}")
+    return _global_plan(scores, n_channels, requested, normalize, min_channels, round_to, cost)
 
 
-def _global_plan(scores, n_channels, ratio, normalize, min_channels, round_to) -> PruningPlan:
+def _global_plan(
+    scores, n_channels, ratio, normalize, min_channels, round_to, cost=None
+) -> PruningPlan:
     def scaled(s: torch.Tensor) -> torch.Tensor:
         if normalize == "none":
             return s
@@ -155,17 +168,19 @@ def _global_plan(scores, n_channels, ratio, normalize, min_channels, round_to) -
     flat = torch.cat([scaled(scores[name]) for name in names])
     owner = torch.cat([torch.full((n_channels[name],), i) for i, name in enumerate(names)])
     index = torch.cat([torch.arange(n_channels[name]) for name in names])
-    target = int(ratio * len(flat))
+    unit = {name: 1.0 for name in names} if cost is None else cost
+    finite = [unit[name] * n_channels[name] for name in names if math.isfinite(unit[name])]
+    target = int(ratio * len(flat)) if cost is None else ratio * sum(finite)
     allowed = {name: _allowed(n_channels[name], min_channels, round_to) for name in names}
     chosen: dict[str, list[int]] = {name: [] for name in names}
-    total = 0
+    total = 0.0
     for position in torch.argsort(flat, stable=True).tolist():
         if total >= target:
             break
         name = names[int(owner[position])]
-        if len(chosen[name]) < allowed[name]:
+        if len(chosen[name]) < allowed[name] and math.isfinite(unit[name]):
             chosen[name].append(int(index[position]))
-            total += 1
+            total += unit[name]
     removed = {}
     for name in names:  # rounding keeps the lowest-ranked of each layer's share
         n = n_channels[name]

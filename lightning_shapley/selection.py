@@ -106,8 +106,14 @@ def backward_elimination(
     beam: int = 1,
     width: int | None = None,
     groups: torch.Tensor | None = None,
+    costs: torch.Tensor | None = None,
+    budget: float | None = None,
 ) -> Elimination:
     """Remove ``k`` players one at a time, each time the one whose loss hurts the kept set least.
+
+    With ``costs`` (what removing each player saves, e.g. parameters) the one removed is the
+    one that loses least per unit saved (a removal that raises the value goes first), and with
+    ``budget`` the search stops once the removed players' costs reach it (at most ``k``).
 
     Args:
         game: The game; its value is what the kept set should keep high.
@@ -116,6 +122,8 @@ def backward_elimination(
         width: Stale players measured again per round (default ``max(2, ceil(log2 n))``).
         groups: ``[n]`` group of each player; every group keeps at least one (default: one
             group).
+        costs: ``[n]`` positive cost of each player.
+        budget: Cost to remove (needs ``costs`` and ``beam=1``).
 
     Returns:
         The removal order of the best final kept set, its values along the way, each player's
@@ -135,6 +143,12 @@ def backward_elimination(
     _check_k(k, game, groups)
     if beam < 1 or (width is not None and width < 1):
         raise ValueError(f"beam and width must be positive, got beam={beam}, width={width}")
+    if budget is not None and (costs is None or beam != 1):
+        raise ValueError("a cost budget needs costs and beam=1")
+    if costs is not None:
+        costs = torch.as_tensor(costs, dtype=torch.float64)
+        if costs.shape != (n,) or not (costs > 0).all():
+            raise ValueError(f"costs must be {n} positive numbers")
     width = width or max(2, math.ceil(math.log2(max(2, n))))
     full = torch.ones(n, dtype=torch.bool)
     top = float(_values(game, full.unsqueeze(0))[0])
@@ -142,8 +156,10 @@ def backward_elimination(
     states = [_Beam(full, never, torch.zeros(n, dtype=torch.bool), [], [top])]
     n_evals = 1
     for _ in range(k):
-        n_evals += _measure_until_settled(game, states, beam, width, groups)
-        states = _children(states, beam, groups)
+        if budget is not None and float(costs[states[0].order].sum()) >= budget:
+            break
+        n_evals += _measure_until_settled(game, states, beam, width, groups, costs)
+        states = _children(states, beam, groups, costs)
     best = max(states, key=lambda s: s.value)
     return Elimination(
         torch.tensor(best.order, dtype=torch.long),
@@ -160,11 +176,22 @@ def _values(game: Game, masks: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _keys(drops: torch.Tensor, costs: torch.Tensor | None) -> torch.Tensor:
+    """What removals are ranked by: the drop, or the drop per unit of cost (a negative drop,
+    a gain, as it is)."""
+    return drops if costs is None else torch.where(drops > 0, drops / costs, drops)
+
+
 def _measure_until_settled(
-    game: Game, states: list[_Beam], beam: int, width: int, groups: torch.Tensor | None
+    game: Game,
+    states: list[_Beam],
+    beam: int,
+    width: int,
+    groups: torch.Tensor | None,
+    costs: torch.Tensor | None,
 ) -> int:
     """Measure drops, in rounds batched over all beams, until every beam's ``beam`` best fresh
-    drops are no larger than its lowest stale one. Returns the evaluations spent."""
+    keys are no larger than its lowest stale one. Returns the evaluations spent."""
     spent = 0
     while True:
         wanted: list[tuple[_Beam, torch.Tensor]] = []
@@ -173,14 +200,14 @@ def _measure_until_settled(
             stale = removable & ~state.fresh
             if not stale.any():
                 continue
-            fresh_drops = state.drops[removable & state.fresh].sort().values
-            lowest_stale = state.drops[stale].min()
+            keys = _keys(state.drops, costs)
+            fresh_keys = keys[removable & state.fresh].sort().values
             needed = min(beam, int(removable.sum()))
-            if len(fresh_drops) >= needed and fresh_drops[needed - 1] <= lowest_stale:
+            if len(fresh_keys) >= needed and fresh_keys[needed - 1] <= keys[stale].min():
                 continue
             candidates = stale.nonzero().flatten()
             unseen = candidates[torch.isinf(state.drops[candidates])]
-            ranked = candidates[torch.argsort(state.drops[candidates], stable=True)]
+            ranked = candidates[torch.argsort(keys[candidates], stable=True)]
             wanted.append((state, unseen if len(unseen) > width else ranked[:width]))
         if not wanted:
             return spent
@@ -194,12 +221,15 @@ def _measure_until_settled(
             state.fresh[players] = True
 
 
-def _children(states: list[_Beam], beam: int, groups: torch.Tensor | None) -> list[_Beam]:
+def _children(
+    states: list[_Beam], beam: int, groups: torch.Tensor | None, costs: torch.Tensor | None
+) -> list[_Beam]:
     """The ``beam`` best kept sets one removal further (distinct sets only)."""
     proposals = []
     for state in states:
         candidates = (_removable(state.kept, groups) & state.fresh).nonzero().flatten()
-        for player in candidates[torch.argsort(state.drops[candidates], stable=True)][:beam]:
+        keys = _keys(state.drops, costs)[candidates]
+        for player in candidates[torch.argsort(keys, stable=True)][:beam]:
             proposals.append((state.value - float(state.drops[player]), state, int(player)))
     proposals.sort(key=lambda p: -p[0])
     children, seen = [], set()

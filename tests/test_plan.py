@@ -57,3 +57,15 @@ def test_bad_plans_name_the_problem(kwargs, match):
     ratio = kwargs.pop("ratio")
     with pytest.raises(ValueError, match=match):
         make_plan(SCORES, ratio, **kwargs)
+
+
+def test_a_cost_budget_removes_channels_until_their_cost_reaches_the_share():
+    scores = {"a": torch.tensor([0.1, 0.2, 3.0, 4.0]), "b": torch.tensor([0.15, 5.0])}
+    cost = {"a": 1.0, "b": 10.0}  # total 4 + 20 = 24
+    plan = make_plan(scores, 0.5, scope="global", normalize="none", cost=cost)
+    # lowest first: a0 (1), b0 (10), a1 (1) → 12 ≥ 12
+    assert plan.removed == {"a": [0, 1], "b": [0]}
+    with pytest.raises(ValueError, match="scope='global'"):
+        make_plan(scores, 0.5, cost=cost)
+    with pytest.raises(ValueError, match="cost misses"):
+        make_plan(scores, 0.5, scope="global", cost={"a": 1.0})

@@ -6,7 +6,12 @@ import torchvision
 from torch import nn
 
 from lightning_shapley.models import CifarResNet, LeNet5
-from lightning_shapley.pruning import channel_group, prunable_layer_names, resolve_layer
+from lightning_shapley.pruning import (
+    channel_costs,
+    channel_group,
+    prunable_layer_names,
+    resolve_layer,
+)
 from tests.conftest import ConcatNet
 
 
@@ -62,3 +67,16 @@ def test_resolve_layer_by_module_and_errors():
         resolve_layer(model, nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match="prunable layers are: 0, 3, 7, 9, 11"):
         resolve_layer(model, "conv9")
+
+
+def test_channel_costs_are_what_removing_one_channel_saves():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(),
+                          nn.Linear(5 * 4 * 4, 3))  # fmt: skip
+    example = torch.randn(1, 1, 8, 8)
+    costs = channel_costs(model, ["0", "2"], example)
+    assert costs == {"0": 9 + 1 + 5 * 9, "2": 4 * 9 + 1 + 16 * 3}
+    macs = channel_costs(model, ["0"], example, "macs")["0"]
+    # the two convolutions' multiply-accumulates, plus the bias and ReLU per removed output
+    assert 36 * 9 + 16 * 5 * 9 <= macs <= 36 * 9 + 16 * 5 * 9 + 2 * 36
+    with pytest.raises(ValueError, match="kind"):
+        channel_costs(model, ["0"], example, "flops")

@@ -146,3 +146,14 @@ def test_bad_arguments_and_nan_values_raise():
     nan_game.n_players = 3
     with pytest.raises(ValueError, match="non-finite"):
         backward_elimination(nan_game, 1)
+
+
+def test_a_cost_budget_removes_the_cheapest_loss_per_unit_saved_until_it_is_spent():
+    game = PairwiseGame(torch.tensor([1.0, 1.0, 2.0, 8.0]))
+    costs = torch.tensor([1.0, 4.0, 4.0, 16.0])  # per unit saved: 1, 0.25, 0.5, 0.5
+    result = backward_elimination(game, 3, costs=costs, budget=8.0)
+    assert result.order.tolist() == [1, 2]  # 4 + 4 = 8: spent
+    with pytest.raises(ValueError, match="beam=1"):
+        backward_elimination(game, 2, beam=2, costs=costs, budget=4.0)
+    with pytest.raises(ValueError, match="positive"):
+        backward_elimination(game, 2, costs=torch.tensor([1.0, 0.0, 1.0, 1.0]))

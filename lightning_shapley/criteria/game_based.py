@@ -10,6 +10,7 @@ import torch
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.estimators import (
     BanditShapley,
+    CutPermutationShapley,
     DASPShapley,
     Estimator,
     ExactShapley,
@@ -29,6 +30,7 @@ ESTIMATORS = {
     "dasp": DASPShapley,
     "bandit": BanditShapley,
     "tmab": TMABShapley,
+    "cut_permutation": CutPermutationShapley,
 }
 SCOPES = ("layer", "network")
 
@@ -45,8 +47,9 @@ class ShapleyCriterion(Criterion):
 
     Args:
         estimator: An estimator name (``"exact"``, ``"permutation"``, ``"loo"``, ``"dasp"``,
-            ``"bandit"``, ``"tmab"``) or object. The cut samplers (bandit, TMAB) settle the cut
-            that ``score(..., cut=ratio)`` names, or their own ``cut`` without one.
+            ``"bandit"``, ``"tmab"``, ``"cut_permutation"``) or object. The cut samplers
+            (bandit, TMAB, cut permutation) work at the cut that ``score(..., cut=ratio)``
+            names, or at their own ``cut`` without one.
         budget: Game evaluations per game (``None``: the estimator's own, e.g. ``n + 1`` for
             leave-one-out). Raised, with a warning, where a layer needs more than this for one
             estimate (an antithetic permutation pair costs ``2n`` on ``n`` channels).
@@ -78,11 +81,10 @@ class ShapleyCriterion(Criterion):
 
     def _games(self, model, layers, inputs, targets):
         options = {"metric": self.metric, "ablation": self.ablation}
+        data = inputs if targets is None else (inputs, targets)
         if self.scope == "network":
-            return [(layers, ChannelGame(model, layers, (inputs, targets), **options))]
-        return [
-            ([layer], ChannelGame(model, layer, (inputs, targets), **options)) for layer in layers
-        ]
+            return [(layers, ChannelGame(model, layers, data, **options))]
+        return [([layer], ChannelGame(model, layer, data, **options)) for layer in layers]
 
     def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
         budget = self.budget
@@ -95,7 +97,7 @@ class ShapleyCriterion(Criterion):
                 stacklevel=4,
             )
         estimator = self.estimator
-        if hasattr(estimator, "cut") and self._cut:  # a sampler that settles the cut: this one
+        if hasattr(estimator, "cut") and self._cut:  # a sampler that works at the cut: this one
             estimator = copy.copy(estimator)
             estimator.cut = max(1, int(self._cut * game.n_players))
         result = estimator.estimate(self._shard(game), budget, seed=seed)

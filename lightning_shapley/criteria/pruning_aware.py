@@ -13,6 +13,7 @@ from lightning_shapley.criteria.game_based import ShapleyCriterion, estimator_by
 from lightning_shapley.estimators import Estimator
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.metrics import MetricLike
+from lightning_shapley.pruning import channel_costs
 from lightning_shapley.selection import (
     Elimination,
     backward_elimination,
@@ -32,23 +33,36 @@ class _KeptSetSearch(ShapleyCriterion):
         groups = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
         most = game.n_players - len(sizes)
         k = most if self._cut is None else min(int(self._cut * game.n_players), most)
-        result = self._search(self._shard(game), k, groups, seed)
+        result = self._search(self._shard(game), k, groups, seed, game)
         return order_scores(result.order, result.worth), result.n_evals
 
-    def _search(self, game, k: int, groups: torch.Tensor, seed: int) -> Elimination:
+    def _search(
+        self, game, k: int, groups: torch.Tensor, seed: int, channel_game: ChannelGame
+    ) -> Elimination:
         raise NotImplementedError
 
 
 class EliminationCriterion(_KeptSetSearch):
     """Greedy (or beam) backward elimination of channels on the game value of the kept set.
 
+    The defaults are the product's: the value is agreement with the unpruned model (``"kl"``,
+    no labels needed) and a removed channel is replaced by its least-squares prediction from
+    the channels kept (``"regression"``), so a channel that others can stand in for goes
+    first, as it would after a least-squares refit of its consumers.
+
     Args:
         beam: Kept sets followed at once (1: greedy).
         width: Channels measured again per round of the lazy search (default ``log2 n``).
         scope: ``"layer"`` or ``"network"`` (one search over all layers' channels, which also
             decides how many each layer loses).
-        metric: The game's value; ``"kl"`` needs no labels.
-        ablation: ``"zero"`` or ``"mean"``.
+        metric: The game's value (see :func:`~lightning_shapley.metrics.value_function`).
+        ablation: ``"zero"``, ``"mean"``, ``"regression"`` or ``"refit"`` (see
+            :class:`~lightning_shapley.games.ChannelGame`).
+        cost: ``"params"`` or ``"macs"`` (network scope, greedy): the cut is then a share of
+            the total parameters or MACs of the layers' channels, and each step removes the
+            channel that loses least per unit saved, so the game decides how many each layer
+            loses at a fixed budget. Plan it with the same ``cost`` (see
+            :func:`~lightning_shapley.plan.make_plan`).
     """
 
     def __init__(
@@ -57,17 +71,35 @@ class EliminationCriterion(_KeptSetSearch):
         width: int | None = None,
         *,
         scope: str = "layer",
-        metric: MetricLike = "cross_entropy",
-        ablation: str = "zero",
+        metric: MetricLike = "kl",
+        ablation: str = "regression",
+        cost: str | None = None,
     ) -> None:
         if beam < 1 or (width is not None and width < 1):
             raise ValueError(f"beam and width must be positive, got beam={beam}, width={width}")
+        if cost not in (None, "params", "macs"):
+            raise ValueError(f"cost={cost!r} is invalid; use None, 'params' or 'macs'")
+        if cost is not None and (scope != "network" or beam != 1):
+            raise ValueError("a cost budget needs scope='network' and beam=1")
         super().__init__("loo", None, scope=scope, metric=metric, ablation=ablation)
-        self.beam, self.width = beam, width
+        self.beam, self.width, self.cost = beam, width, cost
         self.name = "greedy" if beam == 1 else "beam"
 
-    def _search(self, game, k, groups, seed):
-        return backward_elimination(game, k, beam=self.beam, width=self.width, groups=groups)
+    def _search(self, game, k, groups, seed, channel_game):
+        if self.cost is None or self._cut is None:
+            return backward_elimination(game, k, beam=self.beam, width=self.width, groups=groups)
+        # a share of the total cost instead of the channels: search until the cut's cost
+        layers = [g.layer for g in channel_game.groups]
+        example = channel_game.example_input
+        per_layer = channel_costs(channel_game.model, layers, example, self.cost)
+        costs = torch.tensor([per_layer[g.layer] for g in channel_game.groups])
+        costs = torch.repeat_interleave(costs, torch.bincount(groups)).double()
+        finite = torch.isfinite(costs)
+        budget = self._cut * float(costs[finite].sum())
+        costs[~finite] = 1.0  # single-channel layers: never removable anyway
+        most = game.n_players - len(channel_game.groups)
+        return backward_elimination(game, most, width=self.width, groups=groups, costs=costs,
+                                    budget=budget)  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -103,7 +135,7 @@ class IteratedShapleyCriterion(_KeptSetSearch):
         self.rounds = rounds
         self.name = "iterated_shapley"
 
-    def _search(self, game, k, groups, seed):
+    def _search(self, game, k, groups, seed, channel_game):
         return iterated_removal(game, k, self.estimator, self.budget, rounds=self.rounds,
                                 groups=groups, seed=seed)  # fmt: skip
 

@@ -136,6 +136,11 @@ class ChannelGame:
         max_chunk = max(1, min(4096, self.memory_budget // per_coalition))
         self._tuner = _ChunkTuner(chunk_size, max_chunk)
 
+    @property
+    def example_input(self) -> torch.Tensor:
+        """``[1, ...]`` one calibration input."""
+        return self._batches[0][:1]
+
     # -- evaluation ---------------------------------------------------------------------------
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:

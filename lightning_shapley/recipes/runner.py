@@ -18,12 +18,17 @@ from tqdm.auto import tqdm
 
 from lightning_shapley.calibration import few_shot_indices
 from lightning_shapley.compensation import resolve_compensation
-from lightning_shapley.criteria import Criterion, ShapleyCriterion, criterion_by_name
+from lightning_shapley.criteria import (
+    Criterion,
+    EliminationCriterion,
+    ShapleyCriterion,
+    criterion_by_name,
+)
 from lightning_shapley.metrics import reference_logits
 from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
 from lightning_shapley.plan import make_plan
 from lightning_shapley.prune import prune
-from lightning_shapley.pruning import count_params_and_macs, prunable_layer_names
+from lightning_shapley.pruning import channel_costs, count_params_and_macs, prunable_layer_names
 from lightning_shapley.recipes.data import RecipeData, load_data, targets_of
 from lightning_shapley.recipes.report import write_report
 from lightning_shapley.recipes.schema import ModelSpec, Recipe
@@ -88,6 +93,8 @@ def _criterion(name: str, recipe: Recipe) -> Criterion:
     if name == "shapley":
         scope = "network" if p.scope == "global" else "layer"
         return ShapleyCriterion(p.estimator, p.budget, scope=scope, ablation=p.ablation)
+    if name == "greedy" and p.scope == "global":  # the game decides the allocation
+        return EliminationCriterion(scope="network", cost=None if p.cost == "channels" else p.cost)
     return criterion_by_name(name)
 
 
@@ -142,6 +149,9 @@ def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed
     # a label-free value compares with the unpruned model's outputs, however far pruning has gone
     targets = reference_logits(model, inputs) if criterion.label_free else calib[1].to(device)
     compensation = resolve_compensation(p.compensation, p.ablation)
+    cost = None
+    if p.scope == "global" and p.cost != "channels":
+        cost = channel_costs(model, layers, inputs[:1], p.cost)
     base = dict(instance=instance, criterion=name, shots=shots, seed=seed)
     rows = []
     for ratio in p.ratios:
@@ -149,7 +159,7 @@ def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed
         began = time.perf_counter()
         if p.schedule == "one_shot":
             scores = criterion.score(model, layers, (inputs, targets), seed=seed, cut=ratio)
-            plan = make_plan(scores.values, ratio, scope=p.scope, normalize=normalize)
+            plan = make_plan(scores.values, ratio, scope=p.scope, normalize=normalize, cost=cost)
             prune(pruned, plan, inputs, compensation=compensation, count_macs=False)
             evaluations = scores.n_evals
         else:  # layer by layer, first to last, each scored on the partly pruned model

@@ -83,6 +83,7 @@ class PruningSpec:
     budget: int = 512
     ablation: str = "zero"
     compensation: str = "auto"
+    cost: str = "channels"
     ignored_layers: list[str] = field(default_factory=list)
 
 
@@ -116,6 +117,7 @@ CHOICES = {
     "pruning.estimator": tuple(ESTIMATORS),
     "pruning.ablation": ("zero", "mean"),
     "pruning.compensation": ("auto", *COMPENSATIONS),
+    "pruning.cost": ("channels", "params", "macs"),
     "pruning.criteria": tuple(CRITERIA),
 }
 
@@ -239,6 +241,10 @@ def _check_values(recipe: Recipe, root: yaml.Node, path: Path) -> None:
         raise fail("pruning.seeds", "name at least one calibration seed")
     if p.budget < 1:
         raise fail("pruning.budget", f"must be a positive number of evaluations, got {p.budget}")
+    if p.scope == "global" and p.schedule != "one_shot":
+        raise fail("pruning.scope", "a global ranking needs schedule: one_shot")
+    if p.cost != "channels" and p.scope != "global":
+        raise fail("pruning.cost", "a parameter or MAC budget needs scope: global")
     d = recipe.data
     if len(d.split) != 3 or abs(sum(d.split) - 1) > 1e-6 or min(d.split) <= 0:
         raise fail("data.split", f"three positive fractions summing to 1, got {d.split}")

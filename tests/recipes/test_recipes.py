@@ -135,6 +135,14 @@ def test_default_recipe_results_are_consistent(tmp_path):
         ("data:\n  dataset: mnist\n", r"<t>:2: data.root: dataset 'mnist' needs a root folder"),
         ("data: [1, 2]\n", r"<t>:1: data: expected a mapping"),
         ("colour: blue\n", r"<t>:1: colour: unknown key; known keys"),
+        (
+            "pruning:\n  scope: global\n  schedule: layer_by_layer\n",
+            r"<t>:2: pruning.scope: a global ranking needs schedule: one_shot",
+        ),
+        (
+            "pruning:\n  cost: params\n",
+            r"<t>:2: pruning.cost: a parameter or MAC budget needs scope: global",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key_and_line(text, match):
@@ -169,3 +177,18 @@ def test_checkpoint_models_are_loaded(tmp_path):
     assert recipe.model.checkpoint == str(tmp_path / "module.ckpt")
     out = run_recipe(recipe, tmp_path / "run", progress=False)
     assert (out / "results.csv").exists()
+
+
+def test_a_parameter_budget_is_allocated_by_the_network_wide_game(tmp_path):
+    recipe = load_recipe(DEFAULT_RECIPE)
+    recipe.model.instances, recipe.model.epochs = 1, 2
+    p = recipe.pruning
+    p.criteria, p.ratios, p.seeds, p.shots = ["greedy", "l1"], [0.25, 0.5], [0], [2]
+    p.scope, p.schedule, p.cost, p.compensation = "global", "one_shot", "params", "least_squares"
+    recipe.fine_tune.epochs = [0]
+    out = run_recipe(recipe, tmp_path / "global", progress=False)
+    with open(out / "results.csv") as f:
+        rows = {(r["criterion"], float(r["ratio"])): int(r["params"]) for r in csv.DictReader(f)}
+    unpruned = rows[("unpruned", 0.0)]
+    for name in ("greedy", "l1"):  # a larger parameter budget removes more parameters
+        assert unpruned > rows[(name, 0.25)] > rows[(name, 0.5)], name
