@@ -1,0 +1,267 @@
+"""The proof: accuracy kept after few-shot pruning without fine-tuning, every criterion.
+
+Runs the recipes in ``benchmarks/proof/`` (digits CNN, MNIST LeNet-5, MNIST small VGG; 3
+independently trained models × 5 calibration draws × 1/5/10 shots × 25/50/75 % removed, without
+and with 5 epochs of few-shot fine-tuning), once without compensation and once with the
+least-squares refit, and reports the *gap closed* by the default criterion:
+``(ours − best classic) / (unpruned − best classic)``.
+
+    python benchmarks/pruning_quality.py --threads 1          # everything (about an hour)
+    python benchmarks/pruning_quality.py --report-only        # re-aggregate existing runs
+    python benchmarks/pruning_quality.py --quick --out /tmp/q # 1 model, 1 draw, 10 shots
+
+Writes ``pruning_quality.md``, ``pruning_quality.csv`` and ``pruning_quality.png`` to the output
+folder, with one sub-folder per recipe run (its ``results.csv`` and ``summary.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RECIPES = ("digits", "mnist_lenet", "mnist_vgg")
+COMPENSATIONS = ("none", "least_squares")
+OURS = "greedy"
+SHAPLEY_BASELINE = "ancona_shapley"
+GAME_BASED = {"greedy", "greedy_refit", "beam", "iterated_shapley", "shapley", "ancona_shapley",
+              "loo"}  # fmt: skip
+
+
+def run(names, compensations, out: Path, quick: bool) -> None:
+    from lightning_shapley.recipes.runner import run_recipe
+    from lightning_shapley.recipes.schema import load_recipe
+
+    for name in names:
+        for compensation in compensations:
+            recipe = load_recipe(HERE / "proof" / f"{name}.yaml")
+            recipe.pruning.compensation = compensation
+            if quick:
+                recipe.model.instances, recipe.pruning.seeds = 1, [0]
+                recipe.pruning.shots = [10]
+            began = time.perf_counter()
+            run_recipe(recipe, out / f"{name}-{compensation}", progress=True)
+            print(f"{name}, compensation {compensation}: {time.perf_counter() - began:.0f} s")
+
+
+def load_rows(out: Path) -> list[dict]:
+    rows = []
+    for folder in sorted(out.iterdir()):
+        if not (folder / "results.csv").exists():
+            continue
+        name, compensation = folder.name.rsplit("-", 1)
+        with open(folder / "results.csv") as f:
+            for row in csv.DictReader(f):
+                row = {k: (v if k == "criterion" else float(v)) for k, v in row.items()}
+                rows.append(dict(row, model=name, compensation=compensation))
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def gap_table(rows: list[dict], fine_tune: int = 0) -> list[dict]:
+    """Per model × compensation × shots × ratio: unpruned, best classic, the Shapley baseline,
+    ours and the gap closed (mean ± std over models × draws)."""
+    unpruned = {(r["model"], r["compensation"], r["instance"]): r["accuracy"]
+                for r in rows if r["criterion"] == "unpruned"}  # fmt: skip
+    cells: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["criterion"] != "unpruned" and r["fine_tune_epochs"] == fine_tune:
+            key = (r["model"], r["compensation"], r["shots"], r["ratio"])
+            cells[key][r["criterion"]][(r["instance"], r["seed"])] = r["accuracy"]
+    table = []
+    for (model, compensation, shots, ratio), by_criterion in sorted(cells.items()):
+        classic = {c: v for c, v in by_criterion.items() if c not in GAME_BASED}
+        best = max(classic, key=lambda c: statistics.fmean(classic[c].values()))
+        ours = by_criterion[OURS]
+        gaps = []
+        for draw, accuracy in ours.items():
+            top = unpruned[(model, compensation, draw[0])]
+            reference = classic[best][draw]
+            gaps.append((accuracy - reference) / max(top - reference, 1e-9))
+        row = dict(model=model, compensation=compensation, shots=int(shots), ratio=ratio,
+                   fine_tune_epochs=fine_tune,
+                   unpruned=statistics.fmean(unpruned[k] for k in unpruned
+                                             if k[:2] == (model, compensation)),
+                   best_classic=best)  # fmt: skip
+        for name, values in (
+            ("best_classic", classic[best]),
+            ("ours", ours),
+            ("shapley_baseline", by_criterion.get(SHAPLEY_BASELINE, {})),
+        ):
+            if values:
+                row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(values.values())
+        row["gap_closed_mean"], row["gap_closed_std"] = _mean_std(gaps)
+        table.append(row)
+    return table
+
+
+def _pct(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def report(rows: list[dict], out: Path) -> None:
+    if not rows:
+        raise SystemExit(f"no results under {out}")
+    tables = {ft: gap_table(rows, ft) for ft in sorted({r["fine_tune_epochs"] for r in rows})}
+    with open(out / "pruning_quality.csv", "w", newline="") as f:
+        flat = [row for table in tables.values() for row in table]
+        writer = csv.DictWriter(f, fieldnames=sorted({k for row in flat for k in row}))
+        writer.writeheader()
+        writer.writerows(flat)
+    lines = ["# Pruning quality: the gap closed", "",
+             f"Default criterion `{OURS}` against the best classic criterion (chosen per cell by "
+             f"mean accuracy among {', '.join(sorted(_classic(rows)))}) and Ancona et al.'s "
+             f"Shapley setting (`{SHAPLEY_BASELINE}`). Test accuracy in %, mean ± std over "
+             "models × calibration draws; gap closed = (ours − best classic) / (unpruned − "
+             "best classic), per draw. Layers pruned first to last, each scored on the partly "
+             "pruned model.", ""]  # fmt: skip
+    for ft, table in tables.items():
+        for compensation in COMPENSATIONS:
+            part = [r for r in table if r["compensation"] == compensation]
+            if not part:
+                continue
+            tuning = "no fine-tuning" if ft == 0 else f"{int(ft)} epochs of few-shot fine-tuning"
+            lines += [f"## {tuning}, compensation `{compensation}`", "",
+                      "| model | shots | removed | unpruned | best classic | Ancona Shapley | ours "
+                      "| gap closed |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            for r in part:
+                baseline = "–"
+                if "shapley_baseline_mean" in r:
+                    baseline = _pct(r["shapley_baseline_mean"], r["shapley_baseline_std"])
+                lines.append(
+                    f"| {r['model']} | {r['shots']} | {r['ratio']:.0%} | {100 * r['unpruned']:.1f} "
+                    f"| {_pct(r['best_classic_mean'], r['best_classic_std'])} "
+                    f"({r['best_classic']}) | {baseline} | {_pct(r['ours_mean'], r['ours_std'])} "
+                    f"| {_pct(r['gap_closed_mean'], r['gap_closed_std'])} % |"
+                )
+            lines.append("")
+    lines += _targets(tables.get(0, [])) + _costs(rows) + _compensation_gain(rows)
+    (out / "pruning_quality.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "pruning_quality.png")
+    print("\n".join(lines))
+
+
+def _classic(rows: list[dict]) -> set[str]:
+    return {r["criterion"] for r in rows} - GAME_BASED - {"unpruned"}
+
+
+def _targets(table: list[dict]) -> list[str]:
+    """The issue's targets, no fine-tuning, ≤ 10 shots, 50 % and 75 % removed."""
+    lines = ["## Targets (no fine-tuning, 50 % and 75 % removed, 1–10 shots)", "",
+             "| compensation | cells | gap closed ≥ 50 % | ≥ 5 points where classic loses ≥ 10 "
+             "| beats Ancona Shapley |", "|---|---|---|---|---|"]  # fmt: skip
+    for compensation in COMPENSATIONS:
+        part = [r for r in table if r["compensation"] == compensation and r["ratio"] >= 0.5]
+        if not part:
+            continue
+        closed = sum(r["gap_closed_mean"] >= 0.5 for r in part)
+        losing = [r for r in part if r["unpruned"] - r["best_classic_mean"] >= 0.10]
+        ahead = sum(r["ours_mean"] - r["best_classic_mean"] >= 0.05 for r in losing)
+        with_baseline = [r for r in part if "shapley_baseline_mean" in r]
+        beats = sum(r["ours_mean"] > r["shapley_baseline_mean"] for r in with_baseline)
+        lines.append(f"| `{compensation}` | {len(part)} | {closed} of {len(part)} | {ahead} of "
+                     f"{len(losing)} | {beats} of {len(with_baseline)} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def _costs(rows: list[dict]) -> list[str]:
+    lines = ["## Cost per pruned model (all layers, no fine-tuning)", "",
+             "| model | criterion | seconds | game evaluations |", "|---|---|---|---|"]  # fmt: skip
+    groups: dict = defaultdict(list)
+    for r in rows:
+        if r["criterion"] != "unpruned" and r["fine_tune_epochs"] == 0:
+            groups[(r["model"], r["criterion"])].append(r)
+    for (model, criterion), members in sorted(groups.items()):
+        seconds = statistics.fmean(r["seconds"] for r in members)
+        evaluations = statistics.fmean(r["evaluations"] for r in members)
+        lines.append(f"| {model} | {criterion} | {seconds:.2f} | {evaluations:,.0f} |")
+    return [*lines, ""]
+
+
+def _compensation_gain(rows: list[dict]) -> list[str]:
+    """Accuracy with the least-squares refit minus without, per criterion and ratio."""
+    by: dict = defaultdict(dict)
+    for r in rows:
+        if r["criterion"] != "unpruned" and r["fine_tune_epochs"] == 0:
+            key = (r["model"], r["criterion"], r["ratio"], r["instance"], r["shots"], r["seed"])
+            by[key][r["compensation"]] = r["accuracy"]
+    gains: dict = defaultdict(list)
+    for (_, criterion, ratio, *_), pair in by.items():
+        if len(pair) == 2:
+            gains[(criterion, ratio)].append(pair["least_squares"] - pair["none"])
+    if not gains:
+        return []
+    ratios = sorted({ratio for _, ratio in gains})
+    lines = ["## What the least-squares refit adds (points, mean over models, shots and draws)",
+             "", "| criterion | " + " | ".join(f"{r:.0%} removed" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]  # fmt: skip
+    for criterion in sorted({c for c, _ in gains}):
+        cells = [f"{100 * statistics.fmean(gains[(criterion, r)]):+.1f}" for r in ratios]
+        lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(len(COMPENSATIONS), len(models), figsize=(4.5 * len(models), 7),
+                             squeeze=False, sharey=True)  # fmt: skip
+    for i, compensation in enumerate(COMPENSATIONS):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            chosen = [r for r in rows if r["model"] == model and r["compensation"] == compensation
+                      and r["fine_tune_epochs"] == 0 and r["shots"] == 10]  # fmt: skip
+            for criterion in sorted({r["criterion"] for r in chosen} - {"unpruned"}):
+                points = defaultdict(list)
+                for r in chosen:
+                    if r["criterion"] == criterion:
+                        points[r["ratio"]].append(r["accuracy"])
+                xs = sorted(points)
+                style = {"linewidth": 2.5, "color": "black"} if criterion == OURS else {}
+                ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o",
+                        label=criterion, **style)  # fmt: skip
+            ax.set_title(f"{model}, compensation {compensation}, 10 shots", fontsize=9)
+            ax.set_xlabel("share of channels removed per layer")
+            ax.grid(alpha=0.3)
+        axes[i][0].set_ylabel("test accuracy, no fine-tuning")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--compensations", nargs="+", default=list(COMPENSATIONS))
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "pruning_quality")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--quick", action="store_true", help="1 model, 1 draw, 10 shots")
+    parser.add_argument("--report-only", action="store_true", help="aggregate existing runs")
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run(args.recipes, args.compensations, args.out, args.quick)
+    report(load_rows(args.out), args.out)
+
+
+if __name__ == "__main__":
+    main()
