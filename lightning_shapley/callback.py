@@ -21,6 +21,7 @@ from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
 from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import (
     Criterion,
+    EliminationCriterion,
     ShapleyCriterion,
     criterion_by_name,
 )
@@ -46,11 +47,13 @@ CHECKPOINT_KEY = "lightning_shapley"
 
 
 class ShapleyPruningCallback(Callback):
-    """Prune channels by their Shapley value at the end of chosen validation epochs.
+    """Prune channels by what they are worth to the model, at the end of chosen validation
+    epochs.
 
     When it fires it draws a few-shot calibration set (``shots`` examples per class from the
-    validation data, reproducibly, unless ``calibration`` is given), scores every prunable
-    layer's channels, removes the lowest physically through torch-pruning, rebuilds the
+    validation data, reproducibly, unless ``calibration`` is given), plays the channel game of
+    every prunable layer, removes the channels the game finds least needed physically through
+    torch-pruning, refits what feeds on them (least squares, no training), rebuilds the
     optimizers (carrying the LR schedulers' state), and lets training go on (fine-tuning) or
     stops it. Under DDP the game's evaluations are shared across ranks and every rank applies
     the identical plan; the model is then wrapped in DDP again.
@@ -65,22 +68,28 @@ class ShapleyPruningCallback(Callback):
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
             the partly pruned model, as Ancona et al. do; it kept the most accuracy in the
             committed comparisons) or ``"one_shot"`` (every layer scored on the unpruned model).
-        criterion: ``"shapley"`` (default), any name of
+        criterion: ``"greedy"`` (default: backward elimination on the game of the kept set,
+            see :class:`~lightning_shapley.criteria.EliminationCriterion`; it kept the most
+            accuracy in ``benchmarks/results/pruning_quality.md``), ``"shapley"`` (Shapley
+            values from ``estimator``), any name of
             :data:`~lightning_shapley.criteria.CRITERIA`, or a ``Criterion``.
-        estimator: Estimator of the Shapley criterion, by name.
-        budget: Game evaluations per game for the Shapley criterion.
+        estimator: Estimator of the ``"shapley"`` criterion, by name.
+        budget: Game evaluations per game for the ``"shapley"`` criterion.
         shots: Calibration examples per class.
         calibration: Calibration data to use whole instead of the drawn few-shot set: a
             ``Dataset``, a ``DataLoader`` or an ``(inputs, targets)`` pair.
-        metric: The game's value: ``"cross_entropy"``, ``"accuracy"``, a torchmetrics
-            ``Metric`` or a callable ``(logits, targets) -> scalar`` (higher is better).
-        ablation: What the Shapley game puts in place of removed channels: ``"zero"``,
-            ``"mean"``, ``"regression"`` or ``"refit"`` (see
-            :class:`~lightning_shapley.games.ChannelGame`).
-        compensation: What the pruned consumers get back: ``"none"``, ``"mean"``,
-            ``"regression"``, ``"least_squares"`` (see :mod:`~lightning_shapley.compensation`),
-            or ``"auto"``: whatever makes the pruned model the game's (nothing after zero
-            ablation, least squares after ``"refit"``).
+        metric: The game's value for ``"greedy"`` and ``"shapley"``: ``"kl"`` (agreement with
+            the unpruned model, the default of ``"greedy"``), ``"cross_entropy"`` (the default
+            of ``"shapley"``), ``"accuracy"``, a torchmetrics ``Metric`` or a callable
+            ``(logits, targets) -> scalar`` (higher is better). ``None``: the criterion's own.
+        ablation: What the game puts in place of removed channels: ``"zero"`` (the default of
+            ``"shapley"``), ``"mean"``, ``"regression"`` (the default of ``"greedy"``) or
+            ``"refit"`` (see :class:`~lightning_shapley.games.ChannelGame`). ``None``: the
+            criterion's own.
+        compensation: What the pruned consumers get back: ``"least_squares"`` (default),
+            ``"none"``, ``"mean"``, ``"regression"`` (see
+            :mod:`~lightning_shapley.compensation`), or ``"auto"``: what makes the pruned model
+            the game's.
         ignored_layers: Layers never pruned (the classifier head is always left out).
         min_channels: Channels every layer keeps at least.
         round_to: Round kept channel counts up to a multiple of this.
@@ -101,14 +110,14 @@ class ShapleyPruningCallback(Callback):
         epochs: int | Sequence[int] | Callable[[int], bool] = 0,
         scope: str = "layer",
         schedule: str = "layer_by_layer",
-        criterion: str | Criterion = "shapley",
+        criterion: str | Criterion = "greedy",
         estimator: str = "permutation",
         budget: int = 1024,
         shots: int = 10,
         calibration: Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | None = None,
-        metric: MetricLike = "cross_entropy",
-        ablation: str = "zero",
-        compensation: str = "auto",
+        metric: MetricLike | None = None,
+        ablation: str | None = None,
+        compensation: str = "least_squares",
         ignored_layers: Sequence[str] = (),
         min_channels: int = 1,
         round_to: int | None = None,
@@ -144,10 +153,11 @@ class ShapleyPruningCallback(Callback):
             )
         if not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be a positive integer, got {shots!r}")
-        if ablation not in ABLATIONS:
+        if ablation is not None and ablation not in ABLATIONS:
             raise ValueError(f"ablation={ablation!r} is invalid; use one of {ABLATIONS}")
-        resolve_compensation(compensation, ablation)  # validates it
-        value_function(metric)  # validates the metric
+        resolve_compensation(compensation, ablation or "zero")  # validates it
+        if metric is not None:
+            value_function(metric)  # validates the metric
         if not isinstance(min_channels, int) or min_channels < 1:
             raise ValueError(f"min_channels must be a positive integer, got {min_channels!r}")
         if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -252,10 +262,13 @@ class ShapleyPruningCallback(Callback):
     def _criterion(self) -> Criterion:
         if isinstance(self.criterion, Criterion):
             return self.criterion
+        scope = "network" if self.scope == "global" else "layer"
+        options = {"metric": self.metric, "ablation": self.ablation}
+        options = {k: v for k, v in options.items() if v is not None}
         if self.criterion == "shapley":
-            scope = "network" if self.scope == "global" else "layer"
-            return ShapleyCriterion(self.estimator, self.budget, scope=scope, metric=self.metric,
-                                    ablation=self.ablation)  # fmt: skip
+            return ShapleyCriterion(self.estimator, self.budget, scope=scope, **options)
+        if self.criterion == "greedy":
+            return EliminationCriterion(scope=scope, **options)
         return criterion_by_name(self.criterion)
 
     def _prune(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:
@@ -279,7 +292,9 @@ class ShapleyPruningCallback(Callback):
                     world_size=trainer.world_size,
                 )
 
-        value = value_function(self.metric)
+        value = value_function(self.metric or "cross_entropy")
+        if value.label_free:  # the log reports the labelled loss on the calibration set
+            value = value_function("cross_entropy")
         before = _evaluate(module, inputs, targets, value)
         accuracy_before = _evaluate(module, inputs, targets, value_function("accuracy"))
         params_before, macs_before = count_params_and_macs(module, inputs[:1])
@@ -287,7 +302,9 @@ class ShapleyPruningCallback(Callback):
         one_step = self.schedule == "one_shot" or self.scope == "global"
         steps = [layers] if one_step else [[layer] for layer in layers]
         backup = None if one_step else copy.deepcopy(module)
-        compensation = resolve_compensation(self.compensation, self.ablation)
+        compensation = resolve_compensation(
+            self.compensation, getattr(criterion, "ablation", None) or "zero"
+        )
         # a label-free value compares with the unpruned model, however far pruning has gone
         scoring_targets = reference_logits(module, inputs) if criterion.label_free else targets
         bar = Tqdm(

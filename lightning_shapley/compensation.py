@@ -49,15 +49,17 @@ COMPENSATIONS = ("none", "mean", "regression", "least_squares")
 
 
 def resolve_compensation(compensation: str, ablation: str) -> str:
-    """``"auto"`` folds what the game's ablation put in place of the removed channels (so the
-    pruned model is what the game evaluated): means, predictions, or nothing after a
-    zero-ablated game. Any other choice stands.
+    """``"auto"``: what the game's ablation evaluated, or more. Means are folded after a
+    mean-ablated game (the pruned model is then what the game evaluated), nothing after a
+    zero-ablated one, and the least-squares refit after a ``regression`` or ``refit`` game (the
+    refit recovers at least what the regression predicted on the calibration data). Any other
+    choice stands.
 
     Raises:
         ValueError: On an unknown compensation.
     """
     if compensation == "auto":
-        return {"mean": "mean", "regression": "regression", "refit": "least_squares"}.get(
+        return {"mean": "mean", "regression": "least_squares", "refit": "least_squares"}.get(
             ablation, "none"
         )
     if compensation not in COMPENSATIONS:

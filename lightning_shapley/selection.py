@@ -172,7 +172,10 @@ def backward_elimination(
 def _values(game: Game, masks: torch.Tensor) -> torch.Tensor:
     values = torch.as_tensor(game(masks)).double()
     if not torch.isfinite(values).all():
-        raise ValueError("the game gave non-finite values: the model's outputs or loss are NaN")
+        raise ValueError(
+            "the game gave non-finite values: the model's outputs or loss are NaN or infinite "
+            "on the calibration data"
+        )
     return values
 
 

@@ -149,6 +149,7 @@ def test_nan_outputs_are_reported(tmp_path):
         ({"metric": "f1"}, "metric='f1' is unknown"),
         ({"min_channels": 0}, "min_channels"),
         ({"round_to": 0}, "round_to"),
+        ({"compensation": "refit"}, "compensation='refit' is invalid"),
     ],
 )
 def test_misconfiguration_raises_clear_errors(kwargs, match):

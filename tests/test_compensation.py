@@ -72,7 +72,7 @@ def test_regression_folding_matches_the_regression_ablated_game():
         mask[0, removed] = False
         pruned = copy.deepcopy(net)
         plan = PruningPlan({layer: removed}, {layer: game.n_players}, 0.0)
-        prune(pruned, plan, x, compensation=resolve_compensation("auto", "regression"))
+        prune(pruned, plan, x, compensation="regression")
         with torch.no_grad():
             value = -nn.functional.cross_entropy(pruned(x), y)
         assert value.item() == pytest.approx(game(mask).item(), abs=1e-4), layer
@@ -105,4 +105,5 @@ def test_unsupported_consumers_and_choices_raise_and_leave_the_model_unchanged()
         resolve_compensation("x", "zero")
     assert resolve_compensation("auto", "zero") == "none"
     assert resolve_compensation("auto", "mean") == "mean"
+    assert resolve_compensation("auto", "regression") == "least_squares"
     assert resolve_compensation("least_squares", "mean") == "least_squares"

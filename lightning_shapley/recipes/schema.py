@@ -73,7 +73,7 @@ class ModelSpec:
 class PruningSpec:
     """The comparison: criteria × ratios × shots × calibration seeds."""
 
-    criteria: list[str] = field(default_factory=lambda: ["shapley", "random", "l1"])
+    criteria: list[str] = field(default_factory=lambda: ["greedy", "random", "l1"])
     ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     shots: list[int] = field(default_factory=lambda: [10])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -82,7 +82,7 @@ class PruningSpec:
     estimator: str = "permutation"
     budget: int = 512
     ablation: str = "zero"
-    compensation: str = "auto"
+    compensation: str = "least_squares"
     cost: str = "channels"
     ignored_layers: list[str] = field(default_factory=list)
 
