@@ -15,6 +15,13 @@ median precision over seeds stays at or above 0.95 at every larger grid budget (
 budget where it is reached is reported too; near-ties make the median flicker). Per-seed
 quantiles use the same rule seed by seed.
 
+A section "DASP (deterministic)" runs ``DASPShapley`` (moment propagation, no sampling) on
+the real games whose layers it supports (a plain chain after the masked layer; the ResNet's
+residual group is reported as not supported), with all or 4 / 8 coalition sizes and without or
+with 16 logit draws, and sets its Spearman, precision at both cuts and relative error beside the
+samplers' medians at a budget equal to its propagations (forward passes over the calibration
+set). ``--only dasp`` runs just that and merges it into the stored results.
+
 A last section runs ``BanditShapley`` on a network-wide game (every prunable group of a CIFAR
 ResNet-56, 1,120 players) on the CPU and reports players, evaluations and seconds.
 
@@ -22,6 +29,7 @@ Run from the repository root::
 
     python benchmarks/estimator_quality.py            # full run, about 15 minutes on 2 cores
     python benchmarks/estimator_quality.py --quick    # smoke run, about a minute
+    python benchmarks/estimator_quality.py --only dasp --threads 1   # DASP only, merged
 
 Results go to ``benchmarks/results/estimator_quality.{md,csv,json,png}``. The outside reference
 is shapiq (KernelSHAP with paired sampling, permutation sampling, SVARM) at equal budgets when it
@@ -53,10 +61,12 @@ from lightning_shapley.calibration import few_shot_indices
 from lightning_shapley.datasets import load_digits, load_mnist_idx, split_indices
 from lightning_shapley.estimators import (
     BanditShapley,
+    DASPShapley,
     LeaveOneOut,
     PermutationShapley,
     TMABShapley,
 )
+from lightning_shapley.estimators.dasp import MomentSuffix
 from lightning_shapley.estimators.exact import all_coalitions, shapley_from_table
 from lightning_shapley.estimators.quality import bottom_k_precision, relative_error, spearman
 from lightning_shapley.games import ChannelGame
@@ -177,11 +187,19 @@ REAL_GAMES = (
 )
 
 
-def build_real_game(spec: RealGameSpec, mnist: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Train the model, draw 10 calibration examples per class, enumerate the layer's game.
+def make_real_game(
+    spec: RealGameSpec, mnist: Path, *, train: bool = True
+) -> tuple[ChannelGame, dict]:
+    """Train the model (seeded), draw 10 calibration examples per class, build the layer's game.
+
+    Args:
+        spec: The game.
+        mnist: MNIST IDX folder.
+        train: ``False`` keeps the seeded initial weights (the game's structure without the
+            training time, e.g. to ask whether an estimator supports it).
 
     Returns:
-        ``(values [2^n], shapley [n], metadata)``.
+        ``(game, metadata)``.
     """
     torch.manual_seed(0)
     if spec.data == "digits":
@@ -193,25 +211,36 @@ def build_real_game(spec: RealGameSpec, mnist: Path) -> tuple[torch.Tensor, torc
         if spec.data == "mnist32":
             x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
             model = CifarResNet(20, width=4)
-    train, pool, test = split_indices(len(y), (0.6, 0.2, 0.2), seed=0)
-    seconds = _train(model, x[train], y[train], spec.epochs, spec.lr)
+    train_idx, pool, test = split_indices(len(y), (0.6, 0.2, 0.2), seed=0)
+    seconds = _train(model, x[train_idx], y[train_idx], spec.epochs, spec.lr) if train else 0.0
+    model.eval()
     calibration = pool[few_shot_indices(y[pool], SHOTS, seed=0)]
     game = ChannelGame(model, spec.layer, (x[calibration], y[calibration]))
-    began = time.perf_counter()
-    values = enumerate_game(game, game.n_players)
     meta = {
         "model": spec.model,
         "layer": spec.layer,
         "group_layers": list(game.groups[0].pruned_layers),
         "data": spec.data,
-        "train_examples": len(train),
-        "epochs": spec.epochs,
+        "train_examples": len(train_idx),
+        "epochs": spec.epochs if train else 0,
         "train_seconds": round(seconds, 1),
         "test_accuracy": round(_accuracy(model, x[test], y[test]), 4),
         "calibration": f"{SHOTS} per class from a held-out pool ({len(calibration)} examples)",
         "value": "-cross-entropy (mean over the calibration set)",
-        "enumeration_seconds": round(time.perf_counter() - began, 1),
     }
+    return game, meta
+
+
+def build_real_game(spec: RealGameSpec, mnist: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Train the model, draw 10 calibration examples per class, enumerate the layer's game.
+
+    Returns:
+        ``(values [2^n], shapley [n], metadata)``.
+    """
+    game, meta = make_real_game(spec, mnist)
+    began = time.perf_counter()
+    values = enumerate_game(game, game.n_players)
+    meta["enumeration_seconds"] = round(time.perf_counter() - began, 1)
     return values, shapley_from_table(values, game.n_players), meta
 
 
@@ -690,6 +719,281 @@ def _at(record: dict, key: str, budget: int) -> str:
     return f"{record[key][record['budgets'].index(budget)]:.3f}"
 
 
+# -- DASP: deterministic moment propagation on the real games ---------------------------------
+
+DASP_SETTINGS: tuple[tuple[int | None, int], ...] = (
+    (None, 0),
+    (None, 16),
+    (8, 0),
+    (8, 16),
+    (4, 0),
+    (4, 16),
+)  # (n_sizes, logit_samples); None: every coalition size
+DASP_SEEDS = 10  # seeds where sizes are subsampled (with all sizes one run is the estimate)
+DASP_CHECK_COALITIONS = 256  # rebuilt game against the cached table, and its timing
+DASP_COMPARE = tuple(name for name in MAIN_ORDER if name != "leave-one-out")
+
+
+def dasp_name(n_sizes: int | None, logit_samples: int) -> str:
+    """Row label of one DASP setting."""
+    sizes = "all sizes" if n_sizes is None else f"{n_sizes} sizes"
+    return f"DASP ({sizes}{f', {logit_samples} logit draws' if logit_samples else ''})"
+
+
+def dasp_unsupported(message: str) -> str:
+    """Short reason from ``DASPShapley``'s ``ValueError``."""
+    if "branches that meet again" in message or "residual" in message:
+        return "residual add"
+    return message
+
+
+def run_dasp(
+    specs: Sequence[RealGameSpec], exact: dict[str, ExactGame], mnist: Path, seeds: int
+) -> dict:
+    """``DASPShapley`` on every real game it supports, each setting of ``DASP_SETTINGS``.
+
+    Support is decided on the untrained network (it depends on the architecture only), so an
+    unsupported game costs no training. A supported game's network is retrained with the
+    cache's seeds and its game checked against the cached coalition values before DASP runs on
+    it; the same check times the game's own evaluations for the cost comparison.
+
+    Returns:
+        ``{"runs": one row per run and cut, "games": per game support, check and timing}``.
+    """
+    rows: list[dict] = []
+    info: dict[str, dict] = {}
+    for spec in specs:
+        truth = exact[spec.name]
+        n = truth.n_players
+        probe, _ = make_real_game(spec, mnist, train=False)
+        try:
+            MomentSuffix(probe)
+        except ValueError as error:
+            info[spec.name] = {"supported": False, "reason": dasp_unsupported(str(error))}
+            info[spec.name]["error"] = str(error)
+            print(f"  {spec.name}: not supported ({info[spec.name]['reason']})")
+            continue
+        game, meta = make_real_game(spec, mnist)
+        generator = torch.Generator().manual_seed(0)
+        codes = torch.randint(0, 2**n, (DASP_CHECK_COALITIONS,), generator=generator)
+        masks = ((codes[:, None] >> torch.arange(n)) & 1).bool()
+        game(masks[:16])  # warm-up (chunk tuning)
+        began = time.perf_counter()
+        values = torch.as_tensor(game(masks)).double()
+        game_ms = 1000 * (time.perf_counter() - began) / len(masks)
+        deviation = float((values - truth.values[codes]).abs().max())
+        if deviation > 1e-4:
+            raise RuntimeError(
+                f"{spec.name}: the retrained game differs from the cached table by "
+                f"{deviation:.2g}; delete {spec.name}.pt from the cache to re-enumerate it"
+            )
+        info[spec.name] = {
+            "supported": True,
+            "max_abs_deviation_from_cache": deviation,
+            "game_ms_per_evaluation": game_ms,
+            "test_accuracy": meta["test_accuracy"],
+        }
+        ks = [int(cut * n) for cut in CUTS]
+        for n_sizes, logit_samples in DASP_SETTINGS:
+            subsampled = n_sizes is not None and n_sizes < n
+            estimator = DASPShapley(n_sizes=n_sizes, logit_samples=logit_samples)
+            for seed in range(seeds if subsampled else 1):
+                began = time.perf_counter()
+                result = estimator.estimate(game, seed=seed)
+                seconds = time.perf_counter() - began
+                common = {
+                    "game": spec.name,
+                    "n": n,
+                    "estimator": dasp_name(n_sizes, logit_samples),
+                    "family": "dasp",
+                    "n_sizes": n if n_sizes is None else min(n, n_sizes),
+                    "logit_samples": logit_samples,
+                    "budget": result.n_evals,
+                    "seed": seed,
+                    "n_evals": result.n_evals,
+                    "spearman": spearman(result.values, truth.shapley),
+                    "relative_error": relative_error(result.values, truth.shapley),
+                    "seconds": seconds,
+                }
+                for k in ks:
+                    precision = bottom_k_precision(result.values, truth.shapley, k)
+                    rows.append(dict(common, k=k, cut=k / n, precision=precision))
+            print(f"  {spec.name}: {dasp_name(n_sizes, logit_samples)}")
+    return {"runs": rows, "games": info}
+
+
+def summarize_dasp(rows: list[dict]) -> list[dict]:
+    """One record per (game, DASP setting): medians and ranges over seeds, per cut."""
+    records = []
+    for game, name in dict.fromkeys((r["game"], r["estimator"]) for r in rows):
+        mine = [r for r in rows if (r["game"], r["estimator"]) == (game, name)]
+        runs = {r["seed"]: r for r in mine}.values()  # one per seed (cut-independent fields)
+        record = {
+            "game": game,
+            "n": mine[0]["n"],
+            "estimator": name,
+            "n_sizes": mine[0]["n_sizes"],
+            "logit_samples": mine[0]["logit_samples"],
+            "seeds": len(runs),
+            "n_evals": mine[0]["n_evals"],
+            "median_seconds": statistics.median(r["seconds"] for r in runs),
+        }
+        for key in ("spearman", "relative_error"):
+            values = [r[key] for r in runs]
+            record[key] = [statistics.median(values), min(values), max(values)]
+        record["precision"] = {}
+        for k in sorted({r["k"] for r in mine}):
+            values = [r["precision"] for r in mine if r["k"] == k]
+            record["precision"][str(k)] = [statistics.median(values), min(values), max(values)]
+        records.append(record)
+    return records
+
+
+def _nearest(record: dict, budget: float) -> int:
+    """Index of the recorded budget nearest to ``budget`` on a log scale (the smaller on ties)."""
+    return min(
+        range(len(record["budgets"])),
+        key=lambda i: (abs(math.log(record["budgets"][i] / budget)), record["budgets"][i]),
+    )
+
+
+def _spread(triple: Sequence[float], digits: int, seeds: int) -> str:
+    median, low, high = triple
+    if seeds == 1 or low == high:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} [{low:.{digits}f}–{high:.{digits}f}]"
+
+
+def dasp_lines(dasp: dict, records: list[dict], games: list[ExactGame]) -> list[str]:
+    """The Markdown section "DASP (deterministic)": DASP next to the samplers at equal passes."""
+    find = {(r["game"], r["k"], r["estimator"]): r for r in records}
+    summary = dasp["summary"]
+    meta = dasp["info"]
+    lines = [
+        "",
+        "## DASP (deterministic)",
+        "",
+        f"Generated by `python benchmarks/estimator_quality.py{meta['flags']}` in "
+        f"{meta['minutes']:.1f} min ({meta['machine']}; torch {meta['torch']}; "
+        f"{meta['threads']} torch thread(s)).",
+        "",
+        "`DASPShapley(n_sizes, logit_samples)` (Deep Approximate Shapley Propagation) on the "
+        "real games' own networks, retrained with the cache's seeds (each game checked "
+        f"against the cached table on {DASP_CHECK_COALITIONS} random coalitions). It never "
+        "calls the game: for every player, coalition size and the player out/in it pushes the "
+        "mean and variance of the activations through the layers after the masked one and "
+        "takes the metric at the mean logits (or, with `logit_samples = s`, its mean over `s` "
+        "Gaussian draws of the logits). Its cost, `n_evals = 2 · n · sizes`, counts "
+        "*propagations*, each over the whole calibration set like one coalition evaluation: "
+        "these are the *forward passes* below, and the samplers' rows are their medians over "
+        f"{records[0]['seeds']} seeds at the grid budget equal to (or nearest) DASP's passes. "
+        "With all sizes DASP is deterministic (one run; the logit draws are seeded); with "
+        f"fewer sizes one size per stratum is drawn, over {meta['seeds']} seeds: median "
+        "[min–max]. Spearman and relative ℓ2 error of the cut samplers (BanditShapley, TMAB) "
+        "come from their k = 25 % runs, as in the tables above; precision at each cut from "
+        "that cut's runs; a sampler's budget is an upper bound on what it spends.",
+    ]
+    for game in games:
+        status = dasp["games"].get(game.name)
+        if status is None:
+            continue
+        n = game.n_players
+        ks = [int(cut * n) for cut in CUTS]
+        lines += ["", f"### {game.name} (n = {n})", ""]
+        if not status["supported"]:
+            lines.append(f"DASP: **not supported: {status['reason']}** (`{status['error']}`).")
+            continue
+        lines += [
+            "| forward passes | estimator | Spearman | "
+            + " | ".join(f"precision k = {k} ({k / n:.0%})" for k in ks)
+            + " | relative ℓ2 error |",
+            "|---|---|---|" + "---|" * len(ks) + "---|",
+        ]
+        mine = [r for r in summary if r["game"] == game.name]
+        for passes in sorted({r["n_evals"] for r in mine}, reverse=True):
+            for r in (r for r in mine if r["n_evals"] == passes):
+                cells = [_spread(r["spearman"], 3, r["seeds"])]
+                cells += [_spread(r["precision"][str(k)], 2, r["seeds"]) for k in ks]
+                cells.append(_spread(r["relative_error"], 3, r["seeds"]))
+                lines.append(f"| {passes:,} | **{r['estimator']}** | " + " | ".join(cells) + " |")
+            for name in DASP_COMPARE:
+                first = find.get((game.name, ks[0], name))
+                if first is None:
+                    continue
+                i = _nearest(first, passes)
+                label = (
+                    f"{passes:,}"
+                    if first["budgets"][i] == passes
+                    else (f"{first['budgets'][i]:,} (nearest)")
+                )
+                cells = [f"{first['median_spearman'][i]:.3f}"]
+                for k in ks:
+                    record = find.get((game.name, k, name))
+                    cells.append(
+                        "–"
+                        if record is None
+                        else f"{record['median_precision'][_nearest(record, passes)]:.2f}"
+                    )
+                cells.append(f"{first['median_relative_error'][i]:.3f}")
+                lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+        loo = [find.get((game.name, k, "leave-one-out")) for k in ks]
+        if all(loo):
+            cells = [f"{loo[0]['median_spearman'][0]:.3f}"]
+            cells += [f"{r['median_precision'][0]:.2f}" for r in loo]
+            cells.append(f"{loo[0]['median_relative_error'][0]:.3f}")
+            lines.append(
+                f"| {loo[0]['budgets'][0]:,} | leave-one-out | " + " | ".join(cells) + " |"
+            )
+        reach = []
+        for k in ks:
+            cells = []
+            for name in ("BanditShapley", "permutation (antithetic)", "shapiq KernelSHAP (paired)"):
+                record = find.get((game.name, k, name))
+                if record:
+                    cells.append(f"{name} {_budget(record['reach'])}")
+            if cells:
+                reach.append(f"k = {k}: " + ", ".join(cells))
+        if reach:
+            lines += [
+                "",
+                "Samplers' evaluations to 95 % precision (reach, above): " + "; ".join(reach) + ".",
+            ]
+    supported = [g for g in games if dasp["games"].get(g.name, {}).get("supported")]
+    if supported:
+        lines += [
+            "",
+            "Wall-clock cost (DASP's seconds include building its moment propagation; a "
+            "ChannelGame evaluation is timed on "
+            f"{DASP_CHECK_COALITIONS} random coalitions of the rebuilt game, its cached suffix "
+            "and chunking as the samplers would use it on the real network):",
+            "",
+            "| game | estimator | propagations | seconds (median) | ms / propagation | "
+            "ms / ChannelGame evaluation | propagation / evaluation | evaluations in DASP's "
+            "time | BanditShapley's precision there (k = 25 % / 50 %) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for game in supported:
+            game_ms = dasp["games"][game.name]["game_ms_per_evaluation"]
+            ks = [int(cut * game.n_players) for cut in CUTS]
+            for r in (r for r in summary if r["game"] == game.name):
+                per = 1000 * r["median_seconds"] / r["n_evals"]
+                same_time = 1000 * r["median_seconds"] / game_ms
+                bandit = []
+                for k in ks:
+                    record = find.get((game.name, k, "BanditShapley"))
+                    if record:
+                        i = _nearest(record, same_time)
+                        bandit.append(
+                            f"{record['median_precision'][i]:.2f} (@{record['budgets'][i]:,})"
+                        )
+                lines.append(
+                    f"| {game.name} | {r['estimator']} | {r['n_evals']:,} | "
+                    f"{r['median_seconds']:.2f} | {per:.2f} | {game_ms:.2f} | "
+                    f"{per / game_ms:.1f}× | {same_time:,.0f} | {' / '.join(bandit) or '–'} |"
+                )
+    return lines
+
+
 def write_markdown(
     path: Path,
     games: list[ExactGame],
@@ -698,8 +1002,9 @@ def write_markdown(
     goals: list[dict],
     network: dict | None,
     info: dict,
+    dasp: dict | None = None,
 ) -> None:
-    """The human-readable report."""
+    """The human-readable report; ``dasp`` (with its ``summary``) adds the DASP section."""
     find = {(r["game"], r["k"], r["estimator"]): r for r in records}
     grid_max = max(max(r["budgets"]) for r in records)
     shown = info["report_budgets"]
@@ -882,6 +1187,8 @@ def write_markdown(
             f"| `{g['layer']}` | {g['channels']} | {g['below']} | {g['above']} |"
             for g in network["per_group"]
         ]
+    if dasp:
+        lines += dasp_lines(dasp, records, games)
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -906,8 +1213,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             writer.writerow(rounded)
 
 
-def write_plot(path: Path, games: list[ExactGame], records: list[dict]) -> None:
-    """Median precision against budget (log scale), one panel per game and cut."""
+def write_plot(
+    path: Path, games: list[ExactGame], records: list[dict], dasp: list[dict] | None = None
+) -> None:
+    """Median precision against budget (log scale), one panel per game and cut; DASP's
+    settings without logit draws (records of ``summarize_dasp``) as stars at their passes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -946,6 +1256,21 @@ def write_plot(path: Path, games: list[ExactGame], records: list[dict]) -> None:
                 axis.scatter(
                     loo["budgets"], loo["median_precision"], color="k", marker="x", label="LOO"
                 )
+            points = [r for r in dasp or () if r["game"] == game.name and r["logit_samples"] == 0]
+            if points:
+                points.sort(key=lambda r: r["n_evals"])
+                sizes = [
+                    "all" if r["n_sizes"] == game.n_players else str(r["n_sizes"]) for r in points
+                ]
+                axis.scatter(
+                    [r["n_evals"] for r in points],
+                    [r["precision"][str(k)][0] for r in points],
+                    color="k",
+                    marker="*",
+                    s=60,
+                    zorder=3,
+                    label=f"DASP ({' / '.join(sizes)} sizes)",
+                )
             axis.axhline(TARGET, color="grey", linewidth=0.6)
             axis.set_xscale("log")
             axis.set_ylim(-0.02, 1.05)
@@ -964,6 +1289,74 @@ def write_plot(path: Path, games: list[ExactGame], records: list[dict]) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
+def _dasp_info(flags: str, minutes: float, threads: int, seeds: int) -> dict:
+    return {
+        "flags": flags,
+        "minutes": minutes,
+        "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "threads": threads,
+        "seeds": seeds,
+        "settings": [list(setting) for setting in DASP_SETTINGS],
+    }
+
+
+def only_dasp(args: argparse.Namespace) -> None:
+    """``--only dasp``: run DASP, merge it into the stored results and rewrite the report.
+
+    The samplers' records, targets, network-wide run and run info are read back from
+    ``estimator_quality.json``; the CSV keeps its sampler lines and gets the DASP lines in place
+    of any earlier ones; the Markdown and the plot are regenerated from the merged summary.
+    """
+    began = time.perf_counter()
+    stem = args.out / "estimator_quality"
+    summary = json.loads(Path(f"{stem}.json").read_text())
+    seeds = 3 if args.quick else args.dasp_seeds
+    torch.set_num_threads(args.threads)
+    print("games")
+    specs = {spec.name: spec for spec in REAL_GAMES}
+    synthetic = {g.name: g for g in synthetic_games()}
+    games, metas = [], {}
+    for name, stored in summary["games"].items():
+        if name in specs:
+            game, metas[name] = load_real_game(specs[name], args.cache, args.mnist)
+        else:
+            game = synthetic[name]
+        if len(game.shapley) != stored["n"] or not torch.allclose(
+            game.shapley, torch.tensor(stored["exact_shapley"], dtype=torch.float64)
+        ):
+            raise RuntimeError(f"{name}: the cached game is not the one the stored results used")
+        games.append(game)
+    exact = {g.name: g for g in games}
+    chosen = [spec for spec in REAL_GAMES if spec.name in exact]
+    print("DASP")
+    dasp = run_dasp(chosen[:1] if args.quick else chosen, exact, args.mnist, seeds)
+    flags = " --only dasp" + (" --quick" if args.quick else "")
+    minutes = (time.perf_counter() - began) / 60
+    dasp["info"] = _dasp_info(flags, minutes, args.threads, seeds)
+    dasp["summary"] = summarize_dasp(dasp["runs"])
+    runs = dasp.pop("runs")
+
+    with open(f"{stem}.csv", newline="") as handle:
+        kept = [r for r in csv.DictReader(handle) if not r["estimator"].startswith("DASP")]
+    write_csv(Path(f"{stem}.csv"), kept + runs)
+    summary["dasp"] = dasp
+    Path(f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str))
+    records, info = summary["results"], summary["info"]
+    write_markdown(
+        Path(f"{stem}.md"),
+        games,
+        metas,
+        records,
+        summary["targets"],
+        summary["network_wide"],
+        info,
+        dasp,
+    )
+    write_plot(Path(f"{stem}.png"), games, records, dasp["summary"])
+    print(f"merged DASP into {stem}.md/.csv/.json/.png in {minutes:.1f} min")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few seeds and budgets, two games")
@@ -975,10 +1368,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads of the DASP and network-wide runs"
+    )
+    parser.add_argument(
         "--network-budget", type=int, default=12000, help="evaluations of the network-wide run"
     )
     parser.add_argument("--no-network", action="store_true", help="skip the network-wide run")
+    parser.add_argument("--no-dasp", action="store_true", help="skip the DASP section")
+    parser.add_argument(
+        "--dasp-seeds",
+        type=int,
+        default=DASP_SEEDS,
+        help=f"DASP seeds where sizes are subsampled (default {DASP_SEEDS})",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("dasp",),
+        help="dasp: run DASP only and merge it into the stored results (samplers not rerun)",
+    )
     args = parser.parse_args(argv)
+    if args.only == "dasp":
+        only_dasp(args)
+        return
     began = time.perf_counter()
     seeds = 5 if args.quick else args.seeds
     grid = QUICK_GRID if args.quick else GRID
@@ -1013,9 +1424,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = summarize(rows, games)
     goals = targets(records, games)
 
+    dasp = None
+    if not args.no_dasp:
+        torch.set_num_threads(args.threads)
+        dasp_seeds = 3 if args.quick else args.dasp_seeds
+        print("DASP")
+        specs = [spec for spec in REAL_GAMES if spec.name in _GAMES]
+        dasp_began = time.perf_counter()
+        dasp = run_dasp(specs, _GAMES, args.mnist, dasp_seeds)
+        dasp["info"] = _dasp_info(
+            " --quick" if args.quick else "",
+            (time.perf_counter() - dasp_began) / 60,
+            args.threads,
+            dasp_seeds,
+        )
+        dasp["summary"] = summarize_dasp(dasp["runs"])
+
     network = None
     if not args.no_network:
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         budget = 2500 if args.quick else args.network_budget
         print(f"network-wide game, budget {budget}")
         network = network_wide(args.mnist, budget, shots=1, train_examples=4000)
@@ -1023,7 +1450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "estimator_quality"
-    write_csv(Path(f"{stem}.csv"), rows)
+    write_csv(Path(f"{stem}.csv"), rows + (dasp.pop("runs") if dasp else []))
     info = {
         "flags": " --quick" if args.quick else "",
         "minutes": (time.perf_counter() - began) / 60,
@@ -1053,9 +1480,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "targets": goals,
         "network_wide": network,
     }
+    if dasp:
+        summary["dasp"] = dasp
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str))
-    write_markdown(Path(f"{stem}.md"), games, metas, records, goals, network, info)
-    write_plot(Path(f"{stem}.png"), games, records)
+    write_markdown(Path(f"{stem}.md"), games, metas, records, goals, network, info, dasp)
+    write_plot(Path(f"{stem}.png"), games, records, dasp["summary"] if dasp else None)
     print(f"wrote {stem}.md/.csv/.json/.png in {info['minutes']:.1f} min")
 
 
