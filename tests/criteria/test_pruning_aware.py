@@ -56,3 +56,23 @@ def test_iterated_shapley_criterion_spends_its_budget_per_round():
         IteratedShapleyCriterion(rounds=0)
     with pytest.raises(ValueError, match="cut"):
         criterion.score(model, ["0"], (x, y), cut=1.5)
+
+
+@pytest.mark.parametrize("name", ["bandit", "tmab", "cut_permutation"])
+def test_cut_samplers_take_the_cut_from_the_plan(name, monkeypatch):
+    from lightning_shapley.criteria import ShapleyCriterion
+
+    model, x, y = model_and_data()
+    criterion = ShapleyCriterion(name, budget=400)
+    seen = []
+    estimate = type(criterion.estimator).estimate
+
+    def spy(self, game, budget=None, *, seed=0):
+        seen.append(self.cut)
+        return estimate(self, game, budget, seed=seed)
+
+    monkeypatch.setattr(type(criterion.estimator), "estimate", spy)
+    scores = criterion.score(model, ["3"], (x, y), cut=0.5)
+    n = scores.values["3"].numel()
+    assert seen == [n // 2] and scores.n_evals <= 400
+    assert criterion.estimator.cut != n // 2  # the configured estimator is left as it was
