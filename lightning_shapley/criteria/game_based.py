@@ -87,19 +87,21 @@ class ShapleyCriterion(Criterion):
         return [([layer], ChannelGame(model, layer, data, **options)) for layer in layers]
 
     def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
+        estimator = self.estimator
+        if hasattr(estimator, "cut") and game.n_players > 1:  # a sampler that works at a cut
+            share = self._cut or estimator.cut  # the plan's cut, else its own
+            k = share if isinstance(share, int) else int(share * game.n_players)
+            estimator = copy.copy(estimator)
+            estimator.cut = max(1, min(game.n_players - 1, k))
         budget = self.budget
-        if budget is not None and budget < self.estimator.min_budget(game.n_players):
-            budget = self.estimator.min_budget(game.n_players)
+        if budget is not None and budget < estimator.min_budget(game.n_players):
+            budget = estimator.min_budget(game.n_players)
             warnings.warn(
-                f"budget={self.budget} is below what {type(self.estimator).__name__} needs for "
+                f"budget={self.budget} is below what {type(estimator).__name__} needs for "
                 f"the {game.n_players} channels of {[g.layer for g in game.groups]}; using "
                 f"{budget} evaluations there",
                 stacklevel=4,
             )
-        estimator = self.estimator
-        if hasattr(estimator, "cut") and self._cut:  # a sampler that works at the cut: this one
-            estimator = copy.copy(estimator)
-            estimator.cut = max(1, int(self._cut * game.n_players))
         result = estimator.estimate(self._shard(game), budget, seed=seed)
         return result.values, result.n_evals
 
