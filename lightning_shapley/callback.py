@@ -77,7 +77,8 @@ class ShapleyPruningCallback(Callback):
         budget: Game evaluations per game for the ``"shapley"`` criterion.
         shots: Calibration examples per class.
         calibration: Calibration data to use whole instead of the drawn few-shot set: a
-            ``Dataset``, a ``DataLoader`` or an ``(inputs, targets)`` pair.
+            ``Dataset``, a ``DataLoader``, an ``(inputs, targets)`` pair, or unlabelled inputs
+            alone (for a label-free criterion such as the default).
         metric: The game's value for ``"greedy"`` and ``"shapley"``: ``"kl"`` (agreement with
             the unpruned model, the default of ``"greedy"``), ``"cross_entropy"`` (the default
             of ``"shapley"``), ``"accuracy"``, a torchmetrics ``Metric`` or a callable
@@ -114,7 +115,11 @@ class ShapleyPruningCallback(Callback):
         estimator: str = "permutation",
         budget: int = 1024,
         shots: int = 10,
-        calibration: Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | None = None,
+        calibration: Dataset
+        | DataLoader
+        | tuple[torch.Tensor, torch.Tensor]
+        | torch.Tensor
+        | None = None,
         metric: MetricLike | None = None,
         ablation: str | None = None,
         compensation: str = "least_squares",
@@ -244,7 +249,7 @@ class ShapleyPruningCallback(Callback):
 
     def _calibration_data(
         self, trainer: pl.Trainer, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.calibration is not None:
             inputs, targets = as_calibration_tensors(self.calibration)
         else:
@@ -257,7 +262,7 @@ class ShapleyPruningCallback(Callback):
                 loader = DataLoader(loader.dataset, batch_size=256, shuffle=False)
             inputs, targets = draw_few_shot(loader, self.shots, seed=self.seed)
         # clones: tensors made under inference mode cannot take part in autograd
-        return inputs.clone().to(device), targets.clone().to(device)
+        return inputs.clone().to(device), None if targets is None else targets.clone().to(device)
 
     def _criterion(self) -> Criterion:
         if isinstance(self.criterion, Criterion):
@@ -292,11 +297,14 @@ class ShapleyPruningCallback(Callback):
                     world_size=trainer.world_size,
                 )
 
-        value = value_function(self.metric or "cross_entropy")
-        if value.label_free:  # the log reports the labelled loss on the calibration set
-            value = value_function("cross_entropy")
-        before = _evaluate(module, inputs, targets, value)
-        accuracy_before = _evaluate(module, inputs, targets, value_function("accuracy"))
+        if targets is None and not criterion.label_free:
+            raise ValueError(
+                f"criterion {criterion.name!r} needs labelled calibration data: pass (inputs, "
+                "targets), or use a label-free criterion (greedy, or metric='kl')"
+            )
+        reference = reference_logits(module, inputs)
+        measures = _measures(self.metric, targets, reference)
+        before = {name: _evaluate(module, inputs, t, fn) for name, (fn, t) in measures.items()}
         params_before, macs_before = count_params_and_macs(module, inputs[:1])
         target = self._target_ratio(epoch)
         one_step = self.schedule == "one_shot" or self.scope == "global"
@@ -306,7 +314,7 @@ class ShapleyPruningCallback(Callback):
             self.compensation, getattr(criterion, "ablation", None) or "zero"
         )
         # a label-free value compares with the unpruned model, however far pruning has gone
-        scoring_targets = reference_logits(module, inputs) if criterion.label_free else targets
+        scoring_targets = reference if criterion.label_free else targets
         bar = Tqdm(
             total=len(steps), desc=f"Pruning: scoring channels ({criterion.name})", leave=False,
             disable=trainer.progress_bar_callback is None or not trainer.is_global_zero,
@@ -351,13 +359,14 @@ class ShapleyPruningCallback(Callback):
         module._lightning_shapley_history = list(self.history)
         _rebuild_training(trainer, module)
         params_after, macs_after = count_params_and_macs(module, inputs[:1])
-        after = _evaluate(module, inputs, targets, value)
-        accuracy_after = _evaluate(module, inputs, targets, value_function("accuracy"))
+        values = {
+            name: (before[name], _evaluate(module, inputs, t, fn))
+            for name, (fn, t) in measures.items()
+        }
         original = {k: self.original_channels[k] for k in channels}
         achieved = 1 - sum(channels.values()) / sum(original.values())
         report = PruningReport(params_before, params_after, macs_before, macs_after, original,
                                channels, target, achieved, [])  # fmt: skip
-        values = {value.name: (before, after), "accuracy": (accuracy_before, accuracy_after)}
         self._log(trainer, epoch, report, seconds, n_evals, values)
 
     def _ratios(self, current: dict[str, int], target: float) -> float | dict[str, float]:
@@ -402,6 +411,17 @@ class ShapleyPruningCallback(Callback):
                 f"{report.macs_before:,} → {report.macs_after:,}; on the calibration set: "
                 f"{changes}; estimation {seconds:.1f} s, {n_evals:,} evaluations"
             )
+
+
+def _measures(metric, targets: torch.Tensor | None, reference: torch.Tensor) -> dict:
+    """What the log reports before and after: the labelled value and accuracy on the
+    calibration set, or without labels the agreement with the unpruned model."""
+    if targets is None:
+        return {"kl": (value_function("kl"), reference)}
+    value = value_function(metric or "cross_entropy")
+    if value.label_free:
+        value = value_function("cross_entropy")
+    return {value.name: (value, targets), "accuracy": (value_function("accuracy"), targets)}
 
 
 def _evaluate(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, value) -> float:

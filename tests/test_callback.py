@@ -195,3 +195,19 @@ def test_one_shot_schedule_scores_all_layers_on_the_unpruned_model(tmp_path):
     assert [module.net[i].out_channels for i in (0, 3, 7)] == [4, 4, 8]
     with pytest.raises(ValueError, match="schedule='sometimes' is invalid"):
         ShapleyPruningCallback(schedule="sometimes")
+
+
+def test_unlabelled_calibration_inputs_prune_with_the_label_free_default(tmp_path):
+    torch.manual_seed(0)
+    module = DigitsModule()
+    train, val = digits_loaders()
+    images = val.dataset.tensors[0][:60]  # inputs alone, no labels
+    callback = ShapleyPruningCallback(0.5, epochs=0, calibration=images, fine_tune=False)
+    fit = trainer(tmp_path, [callback], max_epochs=1, logger=CSVLogger(tmp_path))
+    fit.fit(module, train, val)
+    assert module.net[0].out_channels == 4
+    logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "pruning/kl_before" in logged and "pruning/accuracy_before" not in logged
+    needs_labels = ShapleyPruningCallback(0.5, epochs=0, calibration=images, criterion="taylor")
+    with pytest.raises(ValueError, match="needs labelled calibration data"):
+        trainer(tmp_path, [needs_labels], max_epochs=1).fit(DigitsModule(), train, val)
