@@ -6,7 +6,10 @@ Arms, all one-shot with the least-squares refit, 10 shots, 3 models × 5 draws:
 * ``uniform``: every layer loses the same share of its channels (25 / 50 / 75 %);
 * ``global``: one network-wide greedy elimination (``greedy``: each step removes the channel
   that costs the least value per parameter saved) or one mean-normalised global ranking
-  (``l1``) removes channels until the parameters saved match what the uniform arm saved.
+  (``l1``) removes channels until their parameter costs reach a share of the total (20–80 %).
+
+The arms' points fall at different parameter counts; the report compares each global point
+with the uniform arm's accuracy interpolated (linearly in parameters kept) at the same count.
 
     python benchmarks/global_allocation.py --threads 1
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import statistics
 from collections import defaultdict
@@ -25,51 +29,20 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RECIPES = ("digits", "mnist_lenet")
 UNIFORM_RATIOS = (0.25, 0.5, 0.75)
+GLOBAL_SHARES = (0.2, 0.35, 0.5, 0.65, 0.8)  # of the summed channel costs (first-order)
 
 
 def run_arms(name: str, out: Path) -> list[dict]:
     from lightning_shapley.recipes.runner import run_recipe
     from lightning_shapley.recipes.schema import load_recipe
 
-    rows = []
     uniform = load_recipe(HERE / "allocation" / f"{name}.yaml")
     uniform.pruning.ratios = list(UNIFORM_RATIOS)
-    rows += _read(run_recipe(uniform, out / f"{name}-uniform"), name, "uniform")
-    unpruned = statistics.fmean(r["params"] for r in rows if r["criterion"] == "unpruned")
-    saved = {  # the share of the prunable cost the uniform arm removed, per ratio
-        ratio: statistics.fmean(1 - r["params"] / unpruned for r in rows
-                                if r["ratio"] == ratio and r["criterion"] != "unpruned")
-        for ratio in UNIFORM_RATIOS
-    }  # fmt: skip
+    rows = _read(run_recipe(uniform, out / f"{name}-uniform"), name, "uniform")
     glob = load_recipe(HERE / "allocation" / f"{name}.yaml")
     glob.pruning.scope, glob.pruning.cost = "global", "params"
-    glob.pruning.ratios = _matching_ratios(glob, saved)
-    rows += _read(run_recipe(glob, out / f"{name}-global"), name, "global")
-    return rows
-
-
-def _matching_ratios(recipe, saved: dict[float, float]) -> list[float]:
-    """Shares of the layers' channel parameters that save what the uniform arm saved of all."""
-    import torch
-
-    from lightning_shapley.pruning import (
-        channel_costs,
-        channel_group,
-        count_params_and_macs,
-        prunable_layer_names,
-    )
-    from lightning_shapley.recipes.data import load_data
-    from lightning_shapley.recipes.runner import build_model
-
-    data = load_data(recipe.data)
-    model = build_model(recipe.model, data.num_classes, data.input_shape)
-    example = torch.as_tensor(data.pool[0][0]).unsqueeze(0)
-    layers = prunable_layer_names(model, example)
-    costs = channel_costs(model, layers, example, "params")
-    channel_total = sum(costs[layer] * channel_group(model, layer, example).n_channels
-                        for layer in layers)  # fmt: skip
-    total = count_params_and_macs(model, example)[0]
-    return [min(0.95, share * total / channel_total) for share in saved.values()]
+    glob.pruning.ratios = list(GLOBAL_SHARES)
+    return rows + _read(run_recipe(glob, out / f"{name}-global"), name, "global")
 
 
 def _read(folder: Path, name: str, arm: str) -> list[dict]:
@@ -87,9 +60,11 @@ def report(rows: list[dict], results: Path) -> None:
              "One-shot pruning with the least-squares refit, 10 shots, 3 models × 5 draws, no "
              "fine-tuning. `uniform`: every layer loses the ratio; `global`: one ranking (the "
              "network-wide greedy elimination for `greedy`, a mean-normalised ranking for `l1`) "
-             "removes channels until the parameters saved match the uniform arm's.", "",
-             "| model | criterion | arm | params kept | test accuracy |",
-             "|---|---|---|---|---|"]  # fmt: skip
+             "removes channels until their parameter costs reach 20–80 % of the total. The last "
+             "column compares a global point with the uniform arm's accuracy interpolated at "
+             "the same parameters kept.", "",
+             "| model | criterion | arm | params kept | test accuracy | global − uniform at the "
+             "same parameters (points) |", "|---|---|---|---|---|---|"]  # fmt: skip
     table = []
     for (model, criterion, arm, ratio), members in sorted(cells.items()):
         base = [r["params"] for r in rows if (r["model"], r["criterion"]) == (model, "unpruned")]
@@ -99,8 +74,19 @@ def report(rows: list[dict], results: Path) -> None:
         mean, std = statistics.fmean(accuracy), statistics.stdev(accuracy)
         table.append(dict(model=model, criterion=criterion, arm=arm, ratio=ratio,
                           params_kept=kept, accuracy_mean=mean, accuracy_std=std))  # fmt: skip
-        lines.append(f"| {model} | {criterion} | {arm} | {kept:.1%} | "
-                     f"{100 * mean:.1f} ± {100 * std:.1f} |")  # fmt: skip
+    for row in table:
+        uniform = sorted((r["params_kept"], r["accuracy_mean"]) for r in table
+                         if (r["model"], r["criterion"], r["arm"]) ==
+                         (row["model"], row["criterion"], "uniform"))  # fmt: skip
+        row["uniform_at_same_params"] = _interpolate(uniform, row["params_kept"])
+        versus = row["uniform_at_same_params"]
+        difference = ""
+        if row["arm"] == "global" and versus is not None:
+            difference = f"{100 * (row['accuracy_mean'] - versus):+.1f}"
+        lines.append(
+            f"| {row['model']} | {row['criterion']} | {row['arm']} | {row['params_kept']:.1%} | "
+            f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} | {difference} |"
+        )
     (results / "global_allocation.md").write_text("\n".join(lines) + "\n")
     with open(results / "global_allocation.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
@@ -108,6 +94,14 @@ def report(rows: list[dict], results: Path) -> None:
         writer.writerows(table)
     _plot(table, results / "global_allocation.png")
     print("\n".join(lines))
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """The accuracy at ``x`` parameters kept on the uniform arm's curve (``None`` outside it)."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)
+    return None
 
 
 def _plot(table: list[dict], path: Path) -> None:
