@@ -236,34 +236,43 @@ def _compensation_gain(rows: list[dict]) -> list[str]:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against the share removed, 10 shots, no fine-tuning: one column per model, one
+    row per comparison (ours always with its refit), one colour per criterion throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(len(COMPENSATIONS), len(models), figsize=(4.5 * len(models), 7),
+    names = sorted({r["criterion"] for r in rows} - {"unpruned"})
+    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
+    fig, axes = plt.subplots(len(ARMS), len(models), figsize=(4.5 * len(models), 7.5),
                              squeeze=False, sharey=True)  # fmt: skip
-    for i, compensation in enumerate(COMPENSATIONS):
+    for i, (ours_compensation, others_compensation) in enumerate(ARMS.values()):
         for j, model in enumerate(models):
             ax = axes[i][j]
-            chosen = [r for r in rows if r["model"] == model and r["compensation"] == compensation
-                      and r["fine_tune_epochs"] == 0 and r["shots"] == 10]  # fmt: skip
-            for criterion in sorted({r["criterion"] for r in chosen} - {"unpruned"}):
+            for name in names:
+                wanted = ours_compensation if name == OURS else others_compensation
                 points = defaultdict(list)
-                for r in chosen:
-                    if r["criterion"] == criterion:
+                for r in rows:
+                    if (r["model"], r["criterion"], r["compensation"]) == (model, name, wanted) \
+                            and r["fine_tune_epochs"] == 0 and r["shots"] == 10:  # fmt: skip
                         points[r["ratio"]].append(r["accuracy"])
+                if not points:
+                    continue
                 xs = sorted(points)
-                style = {"linewidth": 2.5, "color": "black"} if criterion == OURS else {}
+                mine = name == OURS
                 ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o",
-                        label=criterion, **style)  # fmt: skip
-            ax.set_title(f"{model}, compensation {compensation}, 10 shots", fontsize=9)
+                        color="black" if mine else colours[name], linewidth=2.5 if mine else 1.2,
+                        label=f"{name} + refit" if mine else name)  # fmt: skip
+            others = "no compensation" if others_compensation == "none" else "same refit"
+            ax.set_title(f"{model}, 10 shots; others: {others}", fontsize=9)
             ax.set_xlabel("share of channels removed per layer")
             ax.grid(alpha=0.3)
         axes[i][0].set_ylabel("test accuracy, no fine-tuning")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
