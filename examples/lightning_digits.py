@@ -1,8 +1,8 @@
 """ShapleyPruningCallback in a plain Lightning run on scikit-learn's digits (offline, ~30 s).
 
-Trains a small CNN for 4 epochs, prunes half of every layer's channels by Shapley value at the
-end of epoch 3's validation (10 calibration digits per class drawn from the validation set), and
-fine-tunes the smaller model for 3 more epochs.
+Trains a small CNN for 4 epochs, prunes half of every layer's channels at the end of epoch 3's
+validation (the default criterion on 10 calibration digits per class drawn from the validation
+set, then the least-squares refit), and fine-tunes the smaller model for 3 more epochs.
 
 Run: ``python examples/lightning_digits.py``
 """
@@ -49,7 +49,7 @@ def main() -> None:
     train, val = split_indices(len(y), (0.7, 0.3), seed=0)
     train_loader = DataLoader(TensorDataset(x[train], y[train]), batch_size=64, shuffle=True)
     val_loader = DataLoader(TensorDataset(x[val], y[val]), batch_size=256)
-    pruning = ShapleyPruningCallback(ratio=0.5, epochs=3, shots=10, budget=512)
+    pruning = ShapleyPruningCallback(ratio=0.5, epochs=3, shots=10)
     trainer = pl.Trainer(max_epochs=7, callbacks=[pruning], logger=False,
                          enable_checkpointing=False, accelerator="cpu")  # fmt: skip
     model = DigitsClassifier()
