@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_shapley.hooks import watch_inputs
+
 __all__ = [
     "check_refittable",
     "input_grams",
@@ -73,14 +75,7 @@ def input_grams(
             count += len(rows)
         grams[names[module]] = (gram + torch.stack(parts), count)
 
-    handles = [module.register_forward_pre_hook(accumulate) for module in modules.values()]
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    watch_inputs(model, modules.values(), batches, accumulate)
     return grams
 
 

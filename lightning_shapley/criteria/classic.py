@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_shapley.criteria.base import Criterion
+from lightning_shapley.hooks import watch_inputs
 from lightning_shapley.pruning import build_dependency_graph, channel_group, group_importance
 
 __all__ = ["ActivationCriterion", "ImportanceCriterion", "RandomCriterion"]
@@ -94,14 +95,7 @@ class ActivationCriterion(Criterion):
             counts[consumer.name] = counts.get(consumer.name, 0) + len(flat)
 
         model.eval()
-        handles = [module.register_forward_pre_hook(record) for module in names]
-        try:
-            with torch.no_grad():
-                for x in inputs.split(256):
-                    model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        watch_inputs(model, names, list(inputs.split(256)), record)
         scores = {}
         for layer, group in groups.items():
             total = torch.zeros(group.n_channels)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_shapley.hooks import watch_inputs
 from lightning_shapley.pruning import Consumer
 from lightning_shapley.refit import kept_columns, refit_parameters
 
@@ -217,14 +218,7 @@ def consumer_input_means(
         sums[name] = sums.get(name, 0) + flat.sum(dim=0)
         counts[name] = counts.get(name, 0) + len(flat)
 
-    handles = [module.register_forward_pre_hook(accumulate) for module in names]
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    watch_inputs(model, names, batches, accumulate)
     return {name: sums[name] / counts[name] for name in sums}
 
 
@@ -351,14 +345,7 @@ def linear_imputations(
         grams[name] = grams.get(name, 0) + y.double().T @ y.double()
         counts[name] = counts.get(name, 0) + len(y)
 
-    handles = [module.register_forward_pre_hook(accumulate) for module in names]
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    watch_inputs(model, names, batches, accumulate)
     return {
         name: LinearImputation(
             layout,
