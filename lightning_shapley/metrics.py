@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,14 @@ from torchmetrics import Metric
 
 from lightning_shapley.modes import evaluating
 
-__all__ = ["BUILT_IN", "LABEL_FREE", "ValueFunction", "reference_logits", "value_function"]
+__all__ = [
+    "BUILT_IN",
+    "LABEL_FREE",
+    "ValueFunction",
+    "first_logits",
+    "reference_logits",
+    "value_function",
+]
 
 MetricLike = str | Metric | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -131,6 +139,18 @@ def reference_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2
     """The model's eval-mode logits ``[N, K]`` on ``inputs`` ``[N, ...]``: the targets of a
     label-free value (its modes are restored)."""
     with evaluating(model), torch.no_grad():
-        outputs = [model(x) for x in inputs.split(batch_size)]
-    outputs = [o[0] if isinstance(o, tuple | list) else o for o in outputs]
+        outputs = [first_logits(model(x)) for x in inputs.split(batch_size)]
     return torch.cat(outputs).detach()
+
+
+def first_logits(output: Any, kind: type = torch.Tensor) -> Any:
+    """The logits in a model output: the output itself, or the first item of a tuple or list,
+    or a dict's ``"logits"`` (else its first value), looked for until an object of ``kind``."""
+    while not isinstance(output, kind):
+        if isinstance(output, dict):
+            output = output.get("logits", next(iter(output.values())))
+        elif isinstance(output, tuple | list):
+            output = output[0]
+        else:
+            raise TypeError(f"the model returned {type(output).__name__}, not logits")
+    return output

@@ -44,7 +44,7 @@ from torch import nn
 
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
-from lightning_shapley.games.suffix import _first_tensor
+from lightning_shapley.metrics import first_logits
 from lightning_shapley.pruning import build_dependency_graph, channel_group, merged_consumers
 
 __all__ = ["GradientCriterion"]
@@ -239,7 +239,7 @@ class _Gates:
 
         handles = [module.register_forward_pre_hook(gate) for module in self.masks]
         try:
-            out = _first_tensor(self.model(x.repeat(rows, *[1] * (x.dim() - 1))))
+            out = first_logits(self.model(x.repeat(rows, *[1] * (x.dim() - 1))))
         finally:
             for handle in handles:
                 handle.remove()

@@ -68,6 +68,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from lightning_shapley.estimators.base import Estimator, ShapleyEstimate
 from lightning_shapley.games.base import Game
+from lightning_shapley.metrics import first_logits
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import Consumer
 
@@ -571,7 +572,8 @@ class MomentSuffix:
                 env[node] = rule(*args, **kwargs)
                 if sizes is not None and isinstance(env[node], _Moments):
                     sizes.append(env[node].mean.numel())
-            return _first_moments(fx.node.map_arg(self._output.args[0], env.__getitem__))
+            output = fx.node.map_arg(self._output.args[0], env.__getitem__)
+            return first_logits(output, _Moments)
 
     @torch.no_grad()
     def marginals(
@@ -635,15 +637,3 @@ def _plain(node: fx.Node) -> Callable[..., Any]:
         return node.target(*args, **kwargs)  # type: ignore[operator]
 
     return run
-
-
-def _first_moments(output: Any) -> _Moments:
-    """The logits' moments in a model output (a tensor, or the first of a tuple / dict)."""
-    while not isinstance(output, _Moments):
-        if isinstance(output, dict):
-            output = output.get("logits", next(iter(output.values())))
-        elif isinstance(output, tuple | list):
-            output = output[0]
-        else:
-            raise TypeError(f"the model returned {type(output).__name__}, not logits")
-    return output

@@ -17,8 +17,8 @@ from lightning_shapley.games.masking import (
     consumer_input_means,
     linear_imputations,
 )
-from lightning_shapley.games.suffix import PrefixCache, SuffixProgram, _first_tensor
-from lightning_shapley.metrics import MetricLike, reference_logits, value_function
+from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
+from lightning_shapley.metrics import MetricLike, first_logits, reference_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import (
     ChannelGroup,
@@ -213,7 +213,7 @@ class ChannelGame:
             for name, mask in self._masks.items()
         ]
         try:
-            return _first_tensor(self.model(x.repeat(m, *[1] * (x.dim() - 1))))
+            return first_logits(self.model(x.repeat(m, *[1] * (x.dim() - 1))))
         finally:
             for handle in handles:
                 handle.remove()

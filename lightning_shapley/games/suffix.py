@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from lightning_shapley.games.masking import ConsumerMask, factorize, factorized_bytes
+from lightning_shapley.metrics import first_logits
 
 __all__ = ["PrefixCache", "SuffixProgram"]
 
@@ -134,7 +135,7 @@ class SuffixProgram:
 
         for index, node in enumerate(self._suffix):
             if node.op == "output":
-                return _first_tensor(fx.node.map_arg(node.args[0], value))
+                return first_logits(fx.node.map_arg(node.args[0], value))
             if node in cache.factorized:
                 base, parts = cache.factorized[node]
                 out = torch.addmm(base.reshape(1, -1), masks, parts)
@@ -204,17 +205,6 @@ def _repeat(value: Any, m: int) -> Any:
     if isinstance(value, torch.Tensor):
         return value.repeat(m, *[1] * (value.dim() - 1))
     return value
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    while not isinstance(output, torch.Tensor):
-        if isinstance(output, dict):
-            output = output.get("logits", next(iter(output.values())))
-        elif isinstance(output, tuple | list):
-            output = output[0]
-        else:
-            raise TypeError(f"the model returned {type(output).__name__}, not logits")
-    return output
 
 
 def _get_attr(model: nn.Module, target: str) -> Any:
