@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lightning_shapley.datasets import load_cifar10, load_digits, load_mnist_idx, split_indices
-from lightning_shapley.recipes.schema import DataSpec
+from lightning_shapley.recipes.schema import DataSpec, import_class
 
 __all__ = ["RecipeData", "load_data"]
 
@@ -35,6 +35,8 @@ class RecipeData:
 
 def load_data(spec: DataSpec) -> RecipeData:
     """Load the data of a recipe (offline unless ``download`` is set)."""
+    if spec.class_path:
+        return _data_module(spec)
     if spec.dataset in ("digits", "mnist"):
         x, y = load_digits() if spec.dataset == "digits" else load_mnist_idx(spec.root)
         train, pool, test = split_indices(len(y), tuple(spec.split), seed=spec.split_seed)
@@ -46,6 +48,25 @@ def load_data(spec: DataSpec) -> RecipeData:
         test = TensorDataset(*load_cifar10(spec.root, False, download=spec.download))
         return RecipeData(train, train, test, 10, (3, 32, 32))
     return _image_folder(spec)
+
+
+def _data_module(spec: DataSpec) -> RecipeData:
+    """The user's ``LightningDataModule``: its train, val and test datasets."""
+    module = import_class(spec.class_path, (Path.cwd(),))(**spec.init_args)
+    module.prepare_data()
+    module.setup("fit")
+    train, pool = module.train_dataloader().dataset, module.val_dataloader().dataset
+    module.setup("test")
+    test = module.test_dataloader().dataset
+    example = pool[0]
+    if not (isinstance(example, tuple | list) and len(example) == 2):
+        raise TypeError(
+            f"{spec.class_path}'s datasets must yield (input, label) pairs for a recipe; "
+            f"its val dataset yields {type(example).__name__}"
+        )
+    labels = torch.cat([targets_of(part) for part in (train, pool, test)])
+    shape = tuple(torch.as_tensor(example[0]).shape)
+    return RecipeData(train, pool, test, int(labels.max()) + 1, shape)
 
 
 def _image_folder(spec: DataSpec) -> RecipeData:

@@ -31,14 +31,16 @@ from lightning_shapley.prune import prune
 from lightning_shapley.pruning import channel_costs, count_params_and_macs, prunable_layer_names
 from lightning_shapley.recipes.data import RecipeData, load_data, targets_of
 from lightning_shapley.recipes.report import write_report
-from lightning_shapley.recipes.schema import ModelSpec, Recipe
+from lightning_shapley.recipes.schema import ModelSpec, Recipe, import_class
 from lightning_shapley.training import evaluate, train
 
 __all__ = ["build_model", "run_recipe"]
 
 
 def build_model(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """A freshly initialised model of the recipe's architecture."""
+    """A freshly initialised model of the recipe's architecture, or of the user's class."""
+    if spec.class_path:
+        return import_class(spec.class_path, (Path.cwd(),))(**spec.init_args)
     w, channels = spec.width, input_shape[0]
     builders = {
         "digits_cnn": lambda: DigitsCNN(width=max(1, int(16 * w)), num_classes=num_classes),

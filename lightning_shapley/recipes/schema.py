@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,9 +48,14 @@ class DataSpec:
     ``digits`` and ``mnist`` are split deterministically (seeded permutation) into training,
     calibration pool and test parts of the given fractions; ``cifar10`` and ``imagefolder`` use
     their own train/test (``val``) parts, the calibration pool being the training part.
+    ``class_path`` names the user's own ``LightningDataModule`` instead (built with
+    ``init_args``): its train, val and test datasets are the training set, the calibration pool
+    and the test set.
     """
 
     dataset: str = "digits"
+    class_path: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
     root: str | None = None
     download: bool = False
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
@@ -58,9 +65,15 @@ class DataSpec:
 
 @dataclass
 class ModelSpec:
-    """How the model to prune is obtained: trained by the recipe (and cached) or loaded."""
+    """How the model to prune is obtained: trained by the recipe (and cached) or loaded.
+
+    ``class_path`` names the user's own ``nn.Module`` or ``LightningModule`` class instead of a
+    reference ``architecture`` (built with ``init_args``; its weights from ``checkpoint``).
+    """
 
     architecture: str = "digits_cnn"
+    class_path: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
     width: float = 1.0
     checkpoint: str | None = None
     epochs: int = 15
@@ -139,7 +152,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if node is None:
         raise RecipeError(f"{path}: the recipe is empty")
     recipe = _build(Recipe, node, path, "")
-    _check_values(recipe, node, path)
+    _check_values(recipe, node, path, search=(Path.cwd(), path.parent.resolve()))
     # relative paths in a recipe are relative to the recipe file
     if recipe.data.root and not Path(recipe.data.root).is_absolute():
         recipe.data.root = str(path.parent / recipe.data.root)
@@ -191,6 +204,10 @@ def _convert(hint: Any, node: yaml.Node, path: Path, key: str) -> Any:
             return None
         hint = next(o for o in options if o is not type(None))
         origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(node, yaml.MappingNode):
+            raise _fail(path, node, key, "expected a mapping")
+        return yaml.safe_load(yaml.serialize(node))
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
             raise _fail(path, node, key, "expected a list")
@@ -218,11 +235,64 @@ def _node_at(root: yaml.Node, dotted: str) -> yaml.Node:
     return node
 
 
-def _check_values(recipe: Recipe, root: yaml.Node, path: Path) -> None:
+def import_class(dotted: str, search: tuple[Path, ...] = ()) -> type:
+    """The class ``package.module.Name`` names, looked up in ``search`` folders first.
+
+    Raises:
+        ImportError: What was not found, or why the module failed to import.
+    """
+    module_name, _, name = dotted.rpartition(".")
+    if not module_name:
+        raise ImportError(f"{dotted!r} is not a dotted path such as 'mypackage.MyModel'")
+    added = [str(folder) for folder in search if str(folder) not in sys.path]
+    sys.path[:0] = added
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ImportError(f"cannot import {module_name!r}: {error}") from None
+    finally:
+        for folder in added:
+            sys.path.remove(folder)
+    found = getattr(module, name, None)
+    if not isinstance(found, type):
+        raise ImportError(f"module {module_name!r} has no class {name!r}")
+    return found
+
+
+def _check_class(dotted: str, base: type, search: tuple[Path, ...]) -> str | None:
+    """Why ``dotted`` is not an importable subclass of ``base``; ``None`` if it is."""
+    try:
+        cls = import_class(dotted, search)
+    except ImportError as error:
+        return str(error)
+    if not issubclass(cls, base):
+        return f"{dotted} is not a {base.__module__}.{base.__qualname__}"
+    return None
+
+
+def _check_values(
+    recipe: Recipe, root: yaml.Node, path: Path, search: tuple[Path, ...] = ()
+) -> None:
     """Range and choice checks, each naming the key and its line."""
 
     def fail(key: str, problem: str) -> RecipeError:
         return _fail(path, _node_at(root, key), key, problem)
+
+    for section, reference in (("model", "architecture"), ("data", "dataset")):
+        if getattr(recipe, section).class_path is None:
+            continue
+        if _node_at(root, f"{section}.{reference}") is not _node_at(root, section):
+            raise fail(f"{section}.{reference}", f"give either {reference} or class_path")
+        if section == "model":
+            from torch import nn
+
+            problem = _check_class(recipe.model.class_path, nn.Module, search)
+        else:
+            from lightning.pytorch import LightningDataModule
+
+            problem = _check_class(recipe.data.class_path, LightningDataModule, search)
+        if problem:
+            raise fail(f"{section}.class_path", problem)
 
     for key, choices in CHOICES.items():
         section, name = key.split(".")

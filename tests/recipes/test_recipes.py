@@ -192,3 +192,82 @@ def test_a_parameter_budget_is_allocated_by_the_network_wide_game(tmp_path):
     unpruned = rows[("unpruned", 0.0)]
     for name in ("greedy", "l1"):  # a larger parameter budget removes more parameters
         assert unpruned > rows[(name, 0.25)] > rows[(name, 0.5)], name
+
+
+USER_PACKAGE = '''
+import lightning.pytorch as pl
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class UserNet(pl.LightningModule):
+    def __init__(self, width=6):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(width, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class UserDigits(pl.LightningDataModule):
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = scale
+
+    def setup(self, stage):
+        x, y = load_digits(return_X_y=True)
+        x = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16 * self.scale
+        data = TensorDataset(x, torch.tensor(y))
+        self.parts = torch.utils.data.random_split(data, [0.6, 0.2, 0.2],
+                                                   torch.Generator().manual_seed(0))
+
+    def train_dataloader(self):
+        return DataLoader(self.parts[0], batch_size=64)
+
+    def val_dataloader(self):
+        return DataLoader(self.parts[1], batch_size=64)
+
+    def test_dataloader(self):
+        return DataLoader(self.parts[2], batch_size=64)
+'''
+
+
+def test_a_recipe_prunes_the_users_own_module_and_datamodule(tmp_path):
+    (tmp_path / "userpkg").mkdir()
+    (tmp_path / "userpkg" / "__init__.py").write_text(USER_PACKAGE)
+    text = (
+        "data:\n  class_path: userpkg.UserDigits\n  init_args: {scale: 1.0}\n"
+        "model:\n  class_path: userpkg.UserNet\n  init_args: {width: 5}\n  epochs: 3\n"
+        "pruning:\n  criteria: [l1]\n  ratios: [0.4]\n  seeds: [0]\n  shots: [2]\n"
+    )
+    (tmp_path / "r.yaml").write_text(text)
+    recipe = load_recipe(tmp_path / "r.yaml")  # found beside the recipe file
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    with open(out / "results.csv") as f:
+        rows = {r["criterion"]: r for r in csv.DictReader(f)}
+    assert int(rows["l1"]["params"]) < int(rows["unpruned"]["params"])
+    assert float(rows["unpruned"]["accuracy"]) > 0.5  # trained on the user's data
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("model:\n  class_path: userpkg.Nowhere\n", "model.class_path: module 'userpkg' has no"),
+        ("model:\n  class_path: nopkg.Net\n", "model.class_path: cannot import 'nopkg'"),
+        ("model:\n  class_path: userpkg.UserDigits\n", "is not a torch.nn.modules.module.Module"),
+        ("data:\n  class_path: userpkg.UserNet\n", "is not a lightning.pytorch.core.datamodule"),
+        ("model:\n  architecture: lenet5\n  class_path: userpkg.UserNet\n", "either"),
+        ("model:\n  class_path: userpkg.UserNet\n  init_args: [1]\n", "expected a mapping"),
+    ],
+)
+def test_user_classes_are_checked_when_the_recipe_is_read(tmp_path, section, problem):
+    (tmp_path / "userpkg").mkdir()
+    (tmp_path / "userpkg" / "__init__.py").write_text(USER_PACKAGE)
+    (tmp_path / "r.yaml").write_text(section)
+    with pytest.raises(RecipeError, match="r.yaml:") as error:
+        load_recipe(tmp_path / "r.yaml")
+    assert problem in str(error.value)
