@@ -194,7 +194,7 @@ def test_a_parameter_budget_is_allocated_by_the_network_wide_game(tmp_path):
         assert unpruned > rows[(name, 0.25)] > rows[(name, 0.5)], name
 
 
-USER_PACKAGE = '''
+USER_PACKAGE = """
 import lightning.pytorch as pl
 import torch
 from sklearn.datasets import load_digits
@@ -233,7 +233,7 @@ class UserDigits(pl.LightningDataModule):
 
     def test_dataloader(self):
         return DataLoader(self.parts[2], batch_size=64)
-'''
+"""
 
 
 def test_a_recipe_prunes_the_users_own_module_and_datamodule(tmp_path):
@@ -268,6 +268,6 @@ def test_user_classes_are_checked_when_the_recipe_is_read(tmp_path, section, pro
     (tmp_path / "userpkg").mkdir()
     (tmp_path / "userpkg" / "__init__.py").write_text(USER_PACKAGE)
     (tmp_path / "r.yaml").write_text(section)
-    with pytest.raises(RecipeError, match="r.yaml:") as error:
+    with pytest.raises(RecipeError, match=r"r\.yaml:") as error:
         load_recipe(tmp_path / "r.yaml")
     assert problem in str(error.value)
