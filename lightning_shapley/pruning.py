@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_shapley.modes import evaluating, restored_modes
+from lightning_shapley.names import check_names, valid_names
 
 __all__ = [
     "IMPORTANCES",
@@ -99,7 +100,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         except AttributeError:
             raise ValueError(
                 f"layer {layer!r} is not in the model; prunable layers are: "
-                f"{', '.join(_weighted_layer_names(model)) or 'none'}"
+                f"{valid_names(layer, _weighted_layer_names(model))}"
             ) from None
     for name, module in model.named_modules():
         if module is layer:
@@ -128,8 +129,23 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
             raise ValueError(
                 f"torch-pruning could not trace {type(model).__name__} on an input of shape "
                 f"{tuple(example_input.shape)}: {error}. The model's forward must accept one "
-                "calibration batch."
+                f"calibration batch.{_dtype_hint(model, example_input)}"
             ) from error
+
+
+def _dtype_hint(model: nn.Module, example_input: torch.Tensor) -> str:
+    """A sentence on a floating input whose dtype differs from the model's weights."""
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is None or not example_input.is_floating_point():
+        return ""
+    if weights.dtype == example_input.dtype:
+        return ""
+    return (
+        f" The input is {str(example_input.dtype).removeprefix('torch.')} but the model's "
+        f"weights are {str(weights.dtype).removeprefix('torch.')}: cast the calibration inputs "
+        f"to the model's dtype (`inputs.to({weights.dtype})`; with Lightning's 'bf16-true' or "
+        "'16-true' precision the Trainer casts batches only inside its own steps)."
+    )
 
 
 def channel_group(
@@ -241,12 +257,20 @@ def merged_consumers(groups: list[ChannelGroup]) -> dict[str, Consumer]:
 
 
 def prunable_layer_names(
-    model: nn.Module, example_input: torch.Tensor, ignored: tuple[str, ...] = ()
+    model: nn.Module, example_input: torch.Tensor, ignored: str | tuple[str, ...] = ()
 ) -> list[str]:
     """One layer name per prunable group of ``model``, in forward order.
 
     The classifier head (any group without consumers) and the ``ignored`` layers are left out.
+
+    Raises:
+        ValueError: If an ``ignored`` name is not a module of the model (the message lists
+            the valid names, the closest first), or as :func:`build_dependency_graph`.
     """
+    ignored = (ignored,) if isinstance(ignored, str) else tuple(ignored)
+    check_names(
+        ignored, [n for n, _ in model.named_modules()], "ignored", _weighted_layer_names(model)
+    )
     graph = build_dependency_graph(model, example_input)
     names, seen = [], set()
     for name, module in model.named_modules():

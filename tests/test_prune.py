@@ -12,6 +12,8 @@ from torch import nn
 
 from lightning_shapley import ChannelGame, pruning
 from lightning_shapley.checkpoint import load_pruned, save_pruned
+from lightning_shapley.criteria import ShapleyCriterion
+from lightning_shapley.metrics import choose_metric, value_function
 from lightning_shapley.models import DigitsCNN
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
@@ -328,3 +330,35 @@ def test_a_failed_prune_leaves_the_optimizer_attached(monkeypatch):
     weights = [not torch.equal(p, v) for (n, p), v in zip(model.named_parameters(), values,
                strict=True) if n.endswith("weight")]  # fmt: skip
     assert weights == [True] * 8
+
+
+@pytest.mark.parametrize(
+    "outputs, make_targets, chosen",
+    [
+        (1, lambda g: torch.randn(16, generator=g), "mse"),  # regression
+        (4, lambda g: torch.randint(0, 2, (16, 4), generator=g).float(), "bce"),  # multi-label
+        (3, lambda g: torch.randn(16, 3, generator=g), "mse"),  # multi-output regression
+    ],
+)
+def test_models_that_do_not_classify_are_scored_by_their_values_and_pruned(
+    outputs, make_targets, chosen
+):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, outputs),
+    ).eval()  # fmt: skip
+    x, y = torch.randn(16, 1, 8, 8), make_targets(torch.Generator().manual_seed(1))
+    assert choose_metric(y, outputs) == chosen
+    game = ChannelGame(model, "0", (x, y), metric="auto")
+    drop_one = ~torch.eye(6, dtype=torch.bool)
+    expected = value_function(chosen)(game._logits(drop_one), y)
+    assert torch.allclose(game(drop_one), expected) and len(set(expected.tolist())) == 6
+    # label-free: agreement with the unpruned outputs tells the channels apart
+    label_free = ChannelGame(model, "0", x, metric="kl")
+    values = label_free(torch.cat([torch.ones(1, 6, dtype=torch.bool), drop_one]))
+    assert abs(values[0]) < 1e-6 and (values[1:] < -1e-6).all()
+    assert len(set(values[1:].tolist())) == 6
+    scores = ShapleyCriterion("permutation", 32, metric="auto").score(model, ["0", "2"], (x, y))
+    prune(model, make_plan(scores.values, 0.5), (x, y))
+    assert model(x).shape == (16, outputs)
