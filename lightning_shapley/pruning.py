@@ -334,7 +334,8 @@ def channel_costs(
 ) -> dict[str, float]:
     """What one channel of each layer's group costs: the parameters (``kind="params"``) or
     multiply-accumulates (``"macs"``) that removing it saves, measured by removing one channel
-    from a copy. Layers with a single channel cost ``inf`` (they cannot lose one).
+    from a copy (one from each block of a grouped convolution it feeds, the saving shared
+    among them). Layers that cannot lose a channel cost ``inf``.
 
     The costs are first-order: a weight joining two pruned layers counts in both layers'
     costs, so their sum over all channels exceeds the prunable total (about twice it in a plain
@@ -351,11 +352,23 @@ def channel_costs(
     costs = {}
     for layer in layers:
         trial = copy.deepcopy(model)
-        if channel_group(trial, layer, example_input).n_channels < 2:
+        n = channel_group(trial, layer, example_input).n_channels
+        grouped = grouped_convolutions(trial, layer, example_input)
+        count = next((c for c in valid_removal_counts(grouped, n) if c > 0), None)
+        if count is None:
             costs[layer] = float("inf")
             continue
-        _remove(trial, {layer: [0]}, example_input)
-        costs[layer] = float(total - count_params_and_macs(trial, example_input)[index])
+        channels = [0]
+        if grouped:  # the first channels of each block, as many from each
+            blocks, per_block = grouped[0].block, count // grouped[0].groups
+            channels = [
+                int(i)
+                for b in range(grouped[0].groups)
+                for i in torch.nonzero(blocks == b).flatten()[:per_block]
+            ]
+        _remove(trial, {layer: channels}, example_input)
+        saved = total - count_params_and_macs(trial, example_input)[index]
+        costs[layer] = float(saved / count)
     return costs
 
 

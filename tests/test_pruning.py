@@ -14,6 +14,7 @@ from lightning_shapley.pruning import (
     resolve_layer,
 )
 from tests.conftest import ConcatNet
+from tests.test_prune import GroupedNet
 
 
 def test_group_of_a_residual_stream_holds_every_coupled_layer():
@@ -107,3 +108,12 @@ def test_channel_costs_are_what_removing_one_channel_saves():
     assert 36 * 9 + 16 * 5 * 9 <= macs <= 36 * 9 + 16 * 5 * 9 + 2 * 36
     with pytest.raises(ValueError, match="kind"):
         channel_costs(model, ["0"], example, "flops")
+
+
+def test_channel_costs_through_grouped_convolutions_share_an_even_removal():
+    example = torch.randn(1, 3, 8, 8)
+    costs = channel_costs(GroupedNet(), ["conv1", "conv3"], example)
+    # conv1: its 1×1 weights and bias, the batch norm's scale and shift, and a block of 4
+    # output channels × 3×3 in the grouped conv2 (3 removed, one per block)
+    assert costs == {"conv1": 3 + 1 + 2 + 4 * 9, "conv3": 12 + 1 + 2 * 9}
+    assert channel_costs(GroupedNet(crossed=True), ["conv2"], example) == {"conv2": float("inf")}
