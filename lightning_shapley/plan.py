@@ -22,9 +22,11 @@ kept count is rounded up to a multiple of it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from lightning_shapley.names import valid_names
 
 __all__ = ["NORMALIZATIONS", "SCOPES", "PruningPlan", "make_plan"]
 
@@ -41,11 +43,15 @@ class PruningPlan:
         n_channels: Channels each layer has before pruning.
         requested_ratio: The share of channels asked for (for a per-layer dict: the share of
             the named layers' channels).
+        scores: ``[n_channels]`` the scores the plan was made from, by layer, if known (they
+            let :func:`~lightning_shapley.prune.prune` round a removal a grouped convolution
+            cannot hold).
     """
 
     removed: dict[str, list[int]]
     n_channels: dict[str, int]
     requested_ratio: float
+    scores: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def achieved_ratio(self) -> float:
@@ -132,7 +138,8 @@ def make_plan(
         unknown = sorted(set(ratio) - set(scores))
         if unknown:
             raise ValueError(
-                f"ratio names layers without scores: {unknown}; scored: {sorted(scores)}"
+                f"ratio names layers without scores: {unknown}; scored: "
+                f"{valid_names(unknown[0], scores)}"
             )
         ratios = {name: _check_ratio(ratio.get(name, 0.0), f"ratio[{name!r}]") for name in scores}
         named = sum(n_channels[name] for name in ratio)
@@ -148,7 +155,8 @@ def make_plan(
             count = min(_rounded_removal(n, int(ratios[name] * n), round_to),
                         _allowed(n, min_channels, round_to))  # fmt: skip
             removed[name] = sorted(torch.argsort(s, stable=True)[:count].tolist())
-        return PruningPlan(removed, n_channels, requested)
+        _check_distinguishable(scores, removed)
+        return PruningPlan(removed, n_channels, requested, scores)
 
     if cost is not None and set(cost) < set(scores):
         raise ValueError(f"cost misses layers: {sorted(set(scores) - set(cost))}")
@@ -187,4 +195,28 @@ def _global_plan(
         count = min(_rounded_removal(n, len(chosen[name]), round_to), allowed[name])
         order = torch.argsort(scaled(scores[name]), stable=True)
         removed[name] = sorted(order[:count].tolist())
-    return PruningPlan(removed, n_channels, ratio)
+    _check_distinguishable(scores, removed)
+    return PruningPlan(removed, n_channels, ratio, scores)
+
+
+TIE_TOLERANCE = 1e-6  # relative to the largest score: float32's resolution
+
+
+def _check_distinguishable(scores: dict[str, torch.Tensor], removed: dict[str, list[int]]) -> None:
+    """Raise ``ValueError`` if a layer loses some but not all of its channels while all its
+    scores are equal: the choice would fall to channel order."""
+    for name, s in scores.items():
+        if not removed[name] or len(s) < 2:
+            continue
+        spread = float(s.max() - s.min())
+        if spread <= max(TIE_TOLERANCE * float(s.abs().max()), 1e-12):
+            raise ValueError(
+                f"all {len(s)} channels of layer {name!r} have the same score "
+                f"({float(s[0]):.4g}): the criterion cannot tell them apart, and removing "
+                f"{len(removed[name])} would pick them by index. Either the game's value does "
+                "not change when the layer's channels are removed (a softmax-based value such "
+                "as 'kl' or 'cross_entropy' on a model with one output: use metric='mse' for "
+                "regression, 'bce' for multi-label targets, or 'auto'), or the layer is dead "
+                "(all-zero weights or activations: leave it out with ignored_layers, or give it "
+                "a ratio of 0)"
+            )

@@ -17,22 +17,29 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_shapley.modes import restored_modes
+from lightning_shapley.modes import evaluating, restored_modes
+from lightning_shapley.names import check_names, valid_names
 
 __all__ = [
     "IMPORTANCES",
     "ChannelGroup",
     "Consumer",
+    "GroupedConvolution",
+    "Snapshot",
     "apply_plan",
     "channel_costs",
     "channel_group",
     "check_distinct_groups",
+    "check_grouped_convolutions",
+    "check_not_compiled",
     "count_params_and_macs",
     "group_importance",
+    "grouped_convolutions",
     "merged_consumers",
     "prunable_layer_names",
     "resolve_layer",
     "restore",
+    "valid_removal_counts",
 ]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
@@ -93,7 +100,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         except AttributeError:
             raise ValueError(
                 f"layer {layer!r} is not in the model; prunable layers are: "
-                f"{', '.join(_weighted_layer_names(model)) or 'none'}"
+                f"{valid_names(layer, _weighted_layer_names(model))}"
             ) from None
     for name, module in model.named_modules():
         if module is layer:
@@ -122,8 +129,23 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
             raise ValueError(
                 f"torch-pruning could not trace {type(model).__name__} on an input of shape "
                 f"{tuple(example_input.shape)}: {error}. The model's forward must accept one "
-                "calibration batch."
+                f"calibration batch.{_dtype_hint(model, example_input)}"
             ) from error
+
+
+def _dtype_hint(model: nn.Module, example_input: torch.Tensor) -> str:
+    """A sentence on a floating input whose dtype differs from the model's weights."""
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is None or not example_input.is_floating_point():
+        return ""
+    if weights.dtype == example_input.dtype:
+        return ""
+    return (
+        f" The input is {str(example_input.dtype).removeprefix('torch.')} but the model's "
+        f"weights are {str(weights.dtype).removeprefix('torch.')}: cast the calibration inputs "
+        f"to the model's dtype (`inputs.to({weights.dtype})`; with Lightning's 'bf16-true' or "
+        "'16-true' precision the Trainer casts batches only inside its own steps)."
+    )
 
 
 def channel_group(
@@ -235,12 +257,20 @@ def merged_consumers(groups: list[ChannelGroup]) -> dict[str, Consumer]:
 
 
 def prunable_layer_names(
-    model: nn.Module, example_input: torch.Tensor, ignored: tuple[str, ...] = ()
+    model: nn.Module, example_input: torch.Tensor, ignored: str | tuple[str, ...] = ()
 ) -> list[str]:
     """One layer name per prunable group of ``model``, in forward order.
 
     The classifier head (any group without consumers) and the ``ignored`` layers are left out.
+
+    Raises:
+        ValueError: If an ``ignored`` name is not a module of the model (the message lists
+            the valid names, the closest first), or as :func:`build_dependency_graph`.
     """
+    ignored = (ignored,) if isinstance(ignored, str) else tuple(ignored)
+    check_names(
+        ignored, [n for n, _ in model.named_modules()], "ignored", _weighted_layer_names(model)
+    )
     graph = build_dependency_graph(model, example_input)
     names, seen = [], set()
     for name, module in model.named_modules():
@@ -304,7 +334,8 @@ def channel_costs(
 ) -> dict[str, float]:
     """What one channel of each layer's group costs: the parameters (``kind="params"``) or
     multiply-accumulates (``"macs"``) that removing it saves, measured by removing one channel
-    from a copy. Layers with a single channel cost ``inf`` (they cannot lose one).
+    from a copy (one from each block of a grouped convolution it feeds, the saving shared
+    among them). Layers that cannot lose a channel cost ``inf``.
 
     The costs are first-order: a weight joining two pruned layers counts in both layers'
     costs, so their sum over all channels exceeds the prunable total (about twice it in a plain
@@ -321,11 +352,23 @@ def channel_costs(
     costs = {}
     for layer in layers:
         trial = copy.deepcopy(model)
-        if channel_group(trial, layer, example_input).n_channels < 2:
+        n = channel_group(trial, layer, example_input).n_channels
+        grouped = grouped_convolutions(trial, layer, example_input)
+        count = next((c for c in valid_removal_counts(grouped, n) if c > 0), None)
+        if count is None:
             costs[layer] = float("inf")
             continue
-        _remove(trial, {layer: [0]}, example_input)
-        costs[layer] = float(total - count_params_and_macs(trial, example_input)[index])
+        channels = [0]
+        if grouped:  # the first channels of each block, as many from each
+            blocks, per_block = grouped[0].block, count // grouped[0].groups
+            channels = [
+                int(i)
+                for b in range(grouped[0].groups)
+                for i in torch.nonzero(blocks == b).flatten()[:per_block]
+            ]
+        _remove(trial, {layer: channels}, example_input)
+        saved = total - count_params_and_macs(trial, example_input)[index]
+        costs[layer] = float(saved / count)
     return costs
 
 
@@ -355,7 +398,9 @@ def apply_plan(
             would be emptied, two layers share a group, or torch-pruning fails. The model is then
             left exactly as it was.
     """
-    backup = copy.deepcopy(model)
+    check_not_compiled(model)
+    snapshot = Snapshot(model)
+    expected = _output_shapes(model, example_input)
     try:
         # biases first: a consumer may itself lose output channels, and its bias with them
         with torch.no_grad():
@@ -370,9 +415,11 @@ def apply_plan(
         history = [
             _add_to_bias(model, name, update) for name, update in (bias_updates or {}).items()
         ]
-        return history + _remove(model, removed, example_input)
+        history += _remove(model, removed, example_input)
+        _check_runs(model, example_input, expected)
+        return history
     except Exception as error:
-        restore(model, backup)
+        snapshot.restore()
         if isinstance(error, ValueError):
             raise
         raise ValueError(f"pruning failed and the model was restored: {error}") from error
@@ -383,7 +430,8 @@ def replay(model: nn.Module, history: list[dict], example_input: torch.Tensor) -
     ``state_dict``)."""
     steps = [dict(step) for step in history]
     removed: dict[str, list[int]] = {}
-    backup = copy.deepcopy(model)
+    check_not_compiled(model)
+    snapshot = Snapshot(model)
     try:
         for step in steps:
             if step["op"] == "prune":
@@ -397,7 +445,7 @@ def replay(model: nn.Module, history: list[dict], example_input: torch.Tensor) -
                 raise ValueError(f"unknown pruning history step {step!r}")
         _flush(model, removed, example_input)
     except Exception:
-        restore(model, backup)
+        snapshot.restore()
         raise
 
 
@@ -427,13 +475,206 @@ def _remove(
                 "keep at least one (lower the ratio or set a minimum)"
             )
         plans.append((layer, channels))
+    check_grouped_convolutions(
+        {
+            layer: grouped_convolutions(model, layer, example_input, graph)
+            for layer, channels in plans
+            if channels
+        },
+        dict(plans),
+    )
     history = []
     with _preserved_state(model):
         for layer, channels in plans:
             if channels:
-                _pruning_group(graph, model.get_submodule(layer), channels).prune()
+                group = _pruning_group(graph, model.get_submodule(layer), channels)
+                fixes = _grouped_input_weights(graph, group)
+                group.prune()
+                for module, weight, grad in fixes:
+                    module.weight = nn.Parameter(weight)
+                    module.weight.grad = grad
                 history.append({"op": "prune", "layer": layer, "channels": channels})
     return history
+
+
+@dataclass(frozen=True)
+class GroupedConvolution:
+    """A grouped convolution that a layer's channels feed (``side="in"``) or are (``"out"``).
+
+    Its ``groups`` blocks of channels on that side must all lose the same number of channels,
+    and each keep at least one.
+
+    Attributes:
+        name: Qualified name of the convolution.
+        side: ``"in"`` or ``"out"``.
+        groups: The convolution's ``groups``.
+        block: ``[n_channels]`` the block of each of the layer's channels, -1 where the channel
+            does not reach the convolution.
+        block_size: Channels per block on that side.
+    """
+
+    name: str
+    side: str
+    groups: int
+    block: torch.Tensor
+    block_size: int
+
+    def counts(self, removed: list[int]) -> torch.Tensor:
+        """``[groups]`` how many of the ``removed`` channels fall in each block."""
+        blocks = self.block[torch.as_tensor(removed, dtype=torch.long)]
+        return torch.bincount(blocks[blocks >= 0], minlength=self.groups)
+
+    def holds(self, removed: list[int]) -> bool:
+        """Whether removing ``removed`` leaves every block the same size, none empty."""
+        counts = self.counts(removed)
+        return bool((counts == counts[0]).all()) and int(counts[0]) < self.block_size
+
+    @property
+    def covers_all(self) -> bool:
+        """Whether every channel of the layer lies in a block and the blocks are all full."""
+        return bool((self.block >= 0).all()) and len(self.block) == self.groups * self.block_size
+
+
+def grouped_convolutions(
+    model: nn.Module,
+    layer: str,
+    example_input: torch.Tensor,
+    graph: tp.DependencyGraph | None = None,
+) -> list[GroupedConvolution]:
+    """The grouped convolutions whose channels go with ``layer``'s (depthwise ones, whose
+    groups shrink with their channels, excepted).
+
+    Raises:
+        ValueError: As :func:`channel_group`, or where a convolution's groups cannot follow
+            its channels at all (a depthwise convolution with a channel multiplier).
+    """
+    name, module = resolve_layer(model, layer)
+    graph = graph or build_dependency_graph(model, example_input)
+    n_channels = graph.get_out_channels(module)
+    names = {m: n for n, m in model.named_modules()}
+    with _preserved_state(model):
+        group = _pruning_group(graph, module, list(range(n_channels)))
+    found = []
+    for item in group.items:
+        conv = item.dep.target.module
+        if not isinstance(conv, tp.ops.TORCH_CONV) or conv.groups == 1:
+            continue
+        if conv.groups == conv.out_channels:
+            if conv.in_channels == conv.out_channels:
+                continue  # depthwise: torch-pruning shrinks its groups with its channels
+            raise ValueError(
+                f"layer {name!r} feeds the convolution {names.get(conv, '?')!r} "
+                f"({conv.in_channels} → {conv.out_channels} channels, groups={conv.groups}), "
+                "whose groups torch-pruning cannot shrink with its input channels; leave "
+                f"{name!r} out (ignored_layers)"
+            )
+        side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+        size = conv.out_channels if side == "out" else conv.in_channels
+        block = torch.full((n_channels,), -1, dtype=torch.long)
+        block_size = size // conv.groups
+        block[torch.as_tensor(item.root_idxs, dtype=torch.long)] = (
+            torch.as_tensor(item.idxs, dtype=torch.long) // block_size
+        )
+        found.append(GroupedConvolution(names[conv], side, conv.groups, block, block_size))
+    return found
+
+
+def valid_removal_counts(convolutions: list[GroupedConvolution], n_channels: int) -> list[int]:
+    """How many channels a layer of ``n_channels`` can lose through ``convolutions``: the
+    counts that every convolution's blocks can share evenly, each block keeping one."""
+    return [
+        count
+        for count in range(n_channels)
+        if all(
+            c.covers_all and count % c.groups == 0 and count // c.groups < c.block_size
+            for c in convolutions
+        )
+    ]
+
+
+def check_grouped_convolutions(
+    convolutions: dict[str, list[GroupedConvolution]], removed: dict[str, list[int]]
+) -> None:
+    """Raise ``ValueError`` unless every grouped convolution loses the same number of channels
+    in each of its blocks (and keeps one in each), over all the layers of a plan."""
+    totals: dict[tuple[str, str], tuple[GroupedConvolution, torch.Tensor, list[str]]] = {}
+    for layer, found in convolutions.items():
+        for conv in found:
+            counts = conv.counts(removed.get(layer, []))
+            key = (conv.name, conv.side)
+            if key in totals:
+                first, total, layers = totals[key]
+                totals[key] = (first, total + counts, [*layers, layer])
+            else:
+                totals[key] = (conv, counts, [layer])
+    for conv, counts, layers in totals.values():
+        if counts.sum() == 0 or (
+            bool((counts == counts[0]).all()) and int(counts[0]) < conv.block_size
+        ):
+            continue
+        valid = valid_removal_counts(convolutions[layers[0]], len(conv.block))
+        shown = ", ".join(map(str, valid[:12])) + (", ..." if len(valid) > 12 else "")
+        how = (
+            f"valid counts for {layers[0]!r}: {shown}"
+            if len(layers) == 1 and len(valid) > 1
+            else f"leave {' or '.join(repr(x) for x in layers)} out (ignored_layers)"
+        )
+        raise ValueError(
+            f"the plan removes {counts.tolist()} channels from the {conv.groups} blocks of "
+            f"{conv.block_size} {conv.side}put channels of the grouped convolution "
+            f"{conv.name!r} (through {', '.join(repr(x) for x in layers)}); a grouped "
+            "convolution must lose the same number of channels in every block and keep at "
+            f"least one in each: {how}. make_plan's scores let prune() round the count itself"
+        )
+
+
+def _grouped_input_weights(
+    graph: tp.DependencyGraph, group
+) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]]:
+    """The weights grouped convolutions must have after losing the group's input channels.
+
+    torch-pruning keeps the same in-block positions in every block (those of the first);
+    with the blocks' own positions, any even removal is exact.
+    """
+    fixes = []
+    for item in group.items:
+        conv = item.dep.target.module
+        if (
+            not isinstance(conv, tp.ops.TORCH_CONV)
+            or conv.groups == 1
+            or conv.groups == conv.out_channels
+            or graph.is_out_channel_pruning_fn(item.dep.handler)
+        ):
+            continue
+        gone = set(int(i) for i in item.idxs)
+        keep = torch.tensor([i for i in range(conv.in_channels) if i not in gone])
+        fixes.append(
+            (
+                conv,
+                _grouped_input_selection(conv, conv.weight.detach(), keep),
+                None
+                if conv.weight.grad is None
+                else _grouped_input_selection(conv, conv.weight.grad, keep),
+            )
+        )
+    return fixes
+
+
+def _grouped_input_selection(
+    conv: nn.Module, weight: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """``weight`` of a grouped convolution reading only the input channels ``keep``."""
+    keep = keep.to(weight.device)
+    if conv.transposed:  # [in, out / groups, ...]: input channels are whole rows
+        return weight.index_select(0, keep).clone()
+    # [out, in / groups, ...]: each output block reads its own input block's kept positions
+    per_block = conv.in_channels // conv.groups
+    out_per_block = conv.out_channels // conv.groups
+    rows = []
+    for b in range(conv.groups):
+        mine = keep[(keep >= b * per_block) & (keep < (b + 1) * per_block)] - b * per_block
+        rows.append(weight[b * out_per_block : (b + 1) * out_per_block].index_select(1, mine))
+    return torch.cat(rows).clone()
 
 
 def _add_to_bias(model: nn.Module, name: str, update: torch.Tensor | None) -> dict:
@@ -449,9 +690,17 @@ def _add_to_bias(model: nn.Module, name: str, update: torch.Tensor | None) -> di
 
 
 def restore(model: nn.Module, backup: nn.Module) -> None:
-    """Put back every submodule's parameters, buffers and attributes from ``backup``, keeping
-    the submodule objects themselves (so references held elsewhere stay valid)."""
-    for (_, target), (_, source) in zip(model.named_modules(), backup.named_modules(), strict=True):
+    """Put back every submodule's parameters, buffers and attributes from ``backup`` (a copy
+    of ``model`` taken earlier), matched by name, keeping the submodule objects themselves.
+
+    The parameters are ``backup``'s: an optimizer built on ``model`` must be rebuilt. Prefer
+    :class:`Snapshot`, which keeps the parameter objects too.
+    """
+    sources = dict(backup.named_modules())
+    for name, target in list(model.named_modules()):
+        source = sources.get(name)
+        if source is None or type(source) is not type(target):
+            continue
         children = target._modules
         target.__dict__.update(
             {k: v for k, v in source.__dict__.items() if not k.startswith("_") or k in _STATE}
@@ -460,3 +709,100 @@ def restore(model: nn.Module, backup: nn.Module) -> None:
 
 
 _STATE = {"_parameters", "_buffers", "_non_persistent_buffers_set"}
+
+
+class Snapshot:
+    """A model's state to roll back to: the same module, parameter and buffer objects, with
+    their values and attributes as they were when the snapshot was taken.
+
+    Restoring puts the objects themselves back, so an optimizer built on the model keeps
+    updating it. Costs one copy of the parameters and buffers.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> weight, snapshot = net[0].weight, Snapshot(net)
+        >>> net[0].weight = nn.Parameter(torch.zeros(1, 2)); net[0].out_features = 1
+        >>> snapshot.restore()
+        >>> net[0].weight is weight, net[0].out_features
+        (True, 3)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers),
+                          dict(m._modules), set(m._non_persistent_buffers_set))
+                         for m in model.modules()]  # fmt: skip
+        tensors = {}
+        for module in model.modules():
+            for t in [*module._parameters.values(), *module._buffers.values()]:
+                if t is not None and id(t) not in tensors:
+                    grad = t.grad if isinstance(t, nn.Parameter) else None
+                    tensors[id(t)] = (t, t.detach().clone(), grad)
+        self._tensors = list(tensors.values())
+
+    def restore(self) -> None:
+        """Put every module, attribute, parameter and buffer back as it was."""
+        for module, attributes, parameters, buffers, children, non_persistent in self._modules:
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+            module._parameters, module._buffers = dict(parameters), dict(buffers)
+            module._modules, module._non_persistent_buffers_set = dict(children), non_persistent
+        with torch.no_grad():
+            for tensor, value, grad in self._tensors:
+                if tensor.shape == value.shape:
+                    tensor.copy_(value)
+                else:
+                    tensor.data = value
+                if isinstance(tensor, nn.Parameter):
+                    tensor.grad = grad
+
+
+def check_not_compiled(model: nn.Module) -> None:
+    """Raise ``ValueError`` if ``model`` or a submodule is a ``torch.compile`` wrapper, which
+    torch-pruning can neither trace nor change safely."""
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            where = f"`model.{name}`" if name else "`model`"
+            raise ValueError(
+                f"{where} is compiled with torch.compile ({type(module).__name__}); pruning "
+                f"changes its layers under the compiled code. Prune the original module "
+                f"({where[:-1]}._orig_mod`), then compile it again"
+            )
+
+
+def _output_shapes(model: nn.Module, example_input: torch.Tensor) -> list[tuple] | None:
+    """Shapes of the tensors in the model's output on ``example_input``; ``None`` if it fails
+    (tracing then reports why)."""
+    try:
+        with evaluating(model):
+            return _shapes(model(example_input))
+    except Exception:
+        return None
+
+
+def _shapes(output: object) -> list[tuple]:
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, tuple | list):
+        return [shape for item in output for shape in _shapes(item)]
+    return []
+
+
+def _check_runs(model: nn.Module, example_input: torch.Tensor, expected: list | None) -> None:
+    """Raise ``ValueError`` unless the pruned model runs on ``example_input`` and its outputs
+    keep their shapes."""
+    try:
+        with evaluating(model):
+            shapes = _shapes(model(example_input))
+    except Exception as error:
+        raise ValueError(
+            f"the pruned model fails on the example input ({type(error).__name__}: {error}); "
+            "the model was restored. Leave the layer the error names (or the layers feeding "
+            "it) out of the plan"
+        ) from error
+    if expected is not None and shapes != expected:
+        raise ValueError(
+            f"the pruned model's outputs have shapes {shapes} instead of {expected}; the model "
+            "was restored"
+        )

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_shapley.metrics import value_function
+from lightning_shapley.metrics import choose_metric, value_function
 
 
 def test_built_in_metrics_are_higher_is_better_per_example():
@@ -43,3 +43,50 @@ def test_label_free_values_compare_with_reference_logits():
     mse = value_function("logit_mse")(other, reference).item()
     assert mse == pytest.approx(-(other[0] - reference).pow(2).mean().item())
     assert value_function("kl").label_free and not value_function("cross_entropy").label_free
+
+
+def test_regression_values_and_a_clear_error_for_class_metrics_on_float_targets():
+    outputs, targets = torch.randn(3, 5, 1), torch.randn(5)
+    mse = value_function("mse")(outputs, targets)
+    for row, value in zip(outputs, mse, strict=True):
+        assert value.item() == pytest.approx(-F.mse_loss(row[:, 0], targets).item(), rel=1e-6)
+    assert torch.equal(value_function("auto")(outputs, targets), mse)
+    several = torch.randn(2, 5, 3), torch.randn(5, 3)  # multi-output regression
+    expected = -(several[0] - several[1]).pow(2).mean(dim=(1, 2))
+    assert torch.allclose(value_function("auto")(*several), expected)
+    for name in ("cross_entropy", "accuracy"):
+        with pytest.raises(ValueError, match=r"needs integer class labels.*float32 \[5\].*'mse'"):
+            value_function(name)(outputs, targets)
+    with pytest.raises(ValueError, match="same size"):
+        value_function("mse")(outputs, torch.randn(4))
+
+
+def test_multi_label_values_are_binary_cross_entropy_of_the_logits():
+    logits = torch.randn(2, 6, 4)
+    labels = torch.randint(0, 2, (6, 4)).float()
+    bce = value_function("bce")(logits, labels)
+    for row, value in zip(logits, bce, strict=True):
+        reference = F.binary_cross_entropy_with_logits(row, labels)
+        assert value.item() == pytest.approx(-reference.item(), rel=1e-5)
+    assert torch.equal(value_function("auto")(logits, labels), bce)
+    with pytest.raises(ValueError, match=r"needs integer class labels.*'bce'"):
+        value_function("cross_entropy")(logits, labels)
+    with pytest.raises(ValueError, match="0/1 multi-label"):
+        value_function("bce")(logits, labels + 0.5)
+
+
+def test_auto_is_cross_entropy_for_class_labels():
+    logits, labels = torch.randn(2, 5, 3), torch.tensor([0, 2, 1, 1, 0])
+    assert torch.equal(
+        value_function("auto")(logits, labels), value_function("cross_entropy")(logits, labels)
+    )
+    assert choose_metric(labels, 3) == "cross_entropy"
+    assert choose_metric(torch.tensor([3, 1, 4]), 1) == "mse"  # integer-valued regression
+
+
+def test_label_free_agreement_of_a_one_output_model_is_the_squared_difference():
+    reference = torch.tensor([[0.5], [-1.0], [2.0]])
+    outputs = torch.stack([reference, reference + 1.0, reference * 0])
+    values = value_function("kl")(outputs, reference)
+    assert values.tolist() == pytest.approx([0.0, -1.0, -(0.25 + 1 + 4) / 3])
+    assert value_function("kl")(outputs, reference.flatten()).tolist() == values.tolist()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_shapley.criteria import criterion_by_name
 from lightning_shapley.plan import make_plan
 
 SCORES = {
@@ -69,3 +70,35 @@ def test_a_cost_budget_removes_channels_until_their_cost_reaches_the_share():
         make_plan(scores, 0.5, cost=cost)
     with pytest.raises(ValueError, match="cost misses"):
         make_plan(scores, 0.5, scope="global", cost={"a": 1.0})
+
+
+def test_a_layer_whose_channels_all_score_the_same_is_refused_not_cut_by_index():
+    tied = {"a": torch.zeros(4), "b": torch.tensor([0.3, 0.1, 0.2])}
+    for scope in ("layer", "global"):
+        with pytest.raises(ValueError, match=r"all 4 channels of layer 'a' have the same score"):
+            make_plan(tied, 0.5, scope=scope, normalize="none")
+    assert make_plan(tied, {"b": 0.5}).removed == {"a": [], "b": [1]}  # 'a' loses nothing
+    assert make_plan({"c": torch.tensor([2.0])}, 0.5).removed == {"c": []}
+    noisy = torch.tensor([1.0, 1.0 + 1e-9, 1.0, 1.0])  # below float32's resolution
+    with pytest.raises(ValueError, match="same score"):
+        make_plan({"a": noisy}, 0.5)
+    assert make_plan({"a": torch.tensor([1.0, 1.001, 1.0, 0.999])}, 0.5).removed == {"a": [0, 3]}
+
+
+def test_a_dead_layer_is_refused_with_the_reason():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.zero_()
+    x = torch.randn(4, 1, 8, 8)
+    scores = criterion_by_name("activation_mean").score(model, ["0", "2"], x).values
+    with pytest.raises(ValueError, match=r"layer '2'.*the layer is dead \(all-zero weights"):
+        make_plan(scores, 0.5)
+
+
+def test_ratio_names_are_checked_with_close_matches_first():
+    with pytest.raises(ValueError, match=r"\['aa'\]; scored: 'a', 'b'"):
+        make_plan(SCORES, {"aa": 0.5})

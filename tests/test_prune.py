@@ -8,9 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
-from lightning_shapley import ChannelGame
+from lightning_shapley import ChannelGame, pruning
 from lightning_shapley.checkpoint import load_pruned, save_pruned
+from lightning_shapley.criteria import ShapleyCriterion
+from lightning_shapley.metrics import choose_metric, value_function
 from lightning_shapley.models import DigitsCNN
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
@@ -165,3 +168,197 @@ def test_save_and_load_round_trip_is_bitwise(tmp_path):
         load_pruned(torchvision.models.resnet18(num_classes=10), tmp_path / "other.pt", x[:1])
     with pytest.raises(ValueError, match="do not fit"):
         load_pruned(torchvision.models.resnet34(num_classes=10), tmp_path / "pruned.pt", x[:1])
+
+
+class GroupedNet(nn.Module):
+    """1×1 convs feeding grouped convs (groups=3, then 4); ``crossed`` makes the second one
+    read the first one's output, whose blocks cannot both lose channels evenly."""
+
+    def __init__(self, crossed: bool = False) -> None:
+        super().__init__()
+        self.crossed = crossed
+        self.conv1 = nn.Conv2d(3, 12, 1)
+        self.bn = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 12, 3, padding=1, groups=3)
+        self.conv3 = nn.Conv2d(12, 8, 1, groups=4 if crossed else 1)
+        self.conv4 = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.bn(self.conv1(x)))))
+        x = torch.relu(self.conv4(torch.relu(self.conv3(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_grouped_convolutions_lose_channels_evenly_by_score_and_the_result_runs():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(GroupedNet())
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    layers = ["conv1", "conv2", "conv3"]
+    game = ChannelGame(copy.deepcopy(model), layers, (x, y), strategy="full")
+    scores = {layer: torch.randperm(model.get_submodule(layer).out_channels).float()
+              for layer in layers}  # fmt: skip
+    plan = make_plan(scores, {"conv1": 7 / 12, "conv2": 7 / 12, "conv3": 5 / 8})
+    with pytest.warns(UserWarning, match="grouped convolutions") as caught:
+        report = prune(model, plan, (x, y))
+    assert "'conv1' 7 → 6, 'conv2' 7 → 6, 'conv3' 5 → 4" in str(caught[0].message)
+    assert report.adjusted == {"conv1": (7, 6), "conv2": (7, 6), "conv3": (5, 4)}
+    assert report.channels_after == {"conv1": 6, "conv2": 6, "conv3": 4}
+    assert "evenly across the blocks" in report.table()
+    removed = {step["layer"]: step["channels"] for step in report.history}
+    for layer, blocks, per_block in (("conv1", 3, 2), ("conv2", 3, 2), ("conv3", 4, 1)):
+        size = len(scores[layer]) // blocks
+        for b in range(blocks):  # the lowest-scored of each block
+            block = scores[layer][b * size : (b + 1) * size]
+            expected = (torch.argsort(block)[:per_block] + b * size).sort().values.tolist()
+            assert [c for c in removed[layer] if b * size <= c < (b + 1) * size] == expected
+    # the pruned model runs and computes what the masked game evaluated
+    mask = torch.ones(1, game.n_players, dtype=torch.bool)
+    for offset, layer in zip((0, 12, 24), layers, strict=True):
+        mask[0, [offset + c for c in removed[layer]]] = False
+    with torch.no_grad():
+        assert -F.cross_entropy(model(x), y).item() == pytest.approx(game(mask).item(), abs=1e-5)
+    assert (model.conv2.in_channels, model.conv2.out_channels, model.conv2.groups) == (6, 6, 3)
+    assert (model.conv4.in_channels, model.conv4.groups) == (4, 4)
+
+
+def test_a_plan_a_grouped_convolution_cannot_hold_is_refused_before_any_change():
+    model = GroupedNet(crossed=True).eval()
+    x = torch.randn(2, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    uneven = PruningPlan({"conv1": [0, 1, 2]}, {"conv1": 12}, 0.25)  # all from block 0: no scores
+    with pytest.raises(ValueError, match=r"grouped convolution 'conv2'.*'conv1': 0, 3, 6, 9\."):
+        prune(model, uneven, x)
+    # conv2's output blocks (3 of 4) feed conv3's input blocks (4 of 3): only 0 fits both
+    crossed = make_plan({"conv2": torch.rand(12)}, 0.5)
+    with pytest.raises(ValueError, match=r"grouped convolution 'conv.'.*leave 'conv2' out"):
+        prune(model, crossed, x)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert model(x).shape == (2, 10)
+
+
+def test_convolutions_whose_groups_cannot_lose_channels():
+    x = torch.randn(2, 3, 8, 8)
+    # a depthwise convolution with a channel multiplier: one input channel per block
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 3),
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="'0' 2 → 0"):
+        report = prune(model, make_plan({"0": torch.rand(4)}, 0.5), x)
+    assert report.channels_after == {"0": 4} and model(x).shape == (2, 3)
+    # two input channels per group where torch-pruning sees a depthwise convolution
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, groups=4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"'0' feeds the convolution '2' \(8 → 4 channels"):
+        prune(model, make_plan({"0": torch.rand(8)}, 0.5), x)
+    assert model[0].out_channels == 8 and model(x).shape == (2, 3)
+
+
+class HardCodedWidth(nn.Module):
+    """A forward that only runs at the original width (a hard-coded reshape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(y.reshape(len(y), 4, 64).flatten(1))
+
+
+def test_a_pruned_model_that_fails_its_check_forward_is_rolled_back():
+    model = HardCodedWidth()
+    x = torch.randn(2, 3, 8, 8)
+    weights = [p for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"fails on the example input.*restored"):
+        prune(model, make_plan({"conv1": torch.rand(6), "conv2": torch.rand(4)}, 0.5), x)
+    assert [p is q for p, q in zip(model.parameters(), weights, strict=True)] == [True] * 6
+    assert model.conv2.out_channels == 4 and model(x).shape == (2, 10)
+
+
+def test_a_compiled_submodule_is_refused_up_front_and_left_intact():
+    model = DigitsCNN(width=6)
+    model.features = torch.compile(nn.Sequential(*list(model)[:4]))
+    n_modules = len(list(model.modules()))
+    x = torch.randn(4, 1, 8, 8)
+    plan = make_plan({"features._orig_mod.0": torch.rand(6)}, 0.5)
+    with pytest.raises(ValueError, match=r"`model.features` is compiled.*model.features._orig_mod"):
+        prune(model, plan, x)
+    with pytest.raises(ValueError, match="compiled"):
+        apply_plan(model, {"features._orig_mod.0": [0]}, x[:1])
+    assert len(list(model.modules())) == n_modules
+    model.cpu()  # no endless recursion
+
+
+def test_a_failed_prune_leaves_the_optimizer_attached(monkeypatch):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(DigitsCNN(width=6)).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()  # momentum state keyed by the parameter objects
+    grads = [p.grad for p in model.parameters()]
+    values = [p.detach().clone() for p in model.parameters()]
+
+    group_class = pruning.tp.Group
+    original, calls = group_class.prune, []
+
+    def fail_the_second(group, *args):
+        calls.append(group)
+        if len(calls) == 2:
+            raise RuntimeError("torch-pruning failed midway")
+        return original(group, *args)
+
+    monkeypatch.setattr(group_class, "prune", fail_the_second)
+    with pytest.raises(ValueError, match="failed midway"):
+        # a bias shifted in place, the first layer pruned, then torch-pruning fails
+        apply_plan(model, {"0": [0, 2], "3": [1, 3]}, x[:1],
+                   bias_updates={"14": torch.ones(10)})  # fmt: skip
+    assert len(calls) == 2
+    owned = [p for group in optimizer.param_groups for p in group["params"]]
+    assert all(p is q for p, q in zip(model.parameters(), owned, strict=True))
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+    assert all(torch.equal(p, v) for p, v in zip(model.parameters(), values, strict=True))
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()  # (biases before batch norms get no gradient in train mode)
+    weights = [not torch.equal(p, v) for (n, p), v in zip(model.named_parameters(), values,
+               strict=True) if n.endswith("weight")]  # fmt: skip
+    assert weights == [True] * 8
+
+
+@pytest.mark.parametrize(
+    "outputs, make_targets, chosen",
+    [
+        (1, lambda g: torch.randn(16, generator=g), "mse"),  # regression
+        (4, lambda g: torch.randint(0, 2, (16, 4), generator=g).float(), "bce"),  # multi-label
+        (3, lambda g: torch.randn(16, 3, generator=g), "mse"),  # multi-output regression
+    ],
+)
+def test_models_that_do_not_classify_are_scored_by_their_values_and_pruned(
+    outputs, make_targets, chosen
+):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, outputs),
+    ).eval()  # fmt: skip
+    x, y = torch.randn(16, 1, 8, 8), make_targets(torch.Generator().manual_seed(1))
+    assert choose_metric(y, outputs) == chosen
+    game = ChannelGame(model, "0", (x, y), metric="auto")
+    drop_one = ~torch.eye(6, dtype=torch.bool)
+    expected = value_function(chosen)(game._logits(drop_one), y)
+    assert torch.allclose(game(drop_one), expected) and len(set(expected.tolist())) == 6
+    # label-free: agreement with the unpruned outputs tells the channels apart
+    label_free = ChannelGame(model, "0", x, metric="kl")
+    values = label_free(torch.cat([torch.ones(1, 6, dtype=torch.bool), drop_one]))
+    assert abs(values[0]) < 1e-6 and (values[1:] < -1e-6).all()
+    assert len(set(values[1:].tolist())) == 6
+    scores = ShapleyCriterion("permutation", 32, metric="auto").score(model, ["0", "2"], (x, y))
+    prune(model, make_plan(scores.values, 0.5), (x, y))
+    assert model(x).shape == (16, outputs)

@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
+from lightning_shapley import ChannelGame
 from lightning_shapley.models import CifarResNet, LeNet5
 from lightning_shapley.pruning import (
     channel_costs,
@@ -13,6 +14,7 @@ from lightning_shapley.pruning import (
     resolve_layer,
 )
 from tests.conftest import ConcatNet
+from tests.test_prune import GroupedNet
 
 
 def test_group_of_a_residual_stream_holds_every_coupled_layer():
@@ -65,8 +67,34 @@ def test_resolve_layer_by_module_and_errors():
     assert resolve_layer(model, model[3]) == ("3", model[3])
     with pytest.raises(ValueError, match="not a submodule"):
         resolve_layer(model, nn.Conv2d(1, 1, 1))
-    with pytest.raises(ValueError, match="prunable layers are: 0, 3, 7, 9, 11"):
+    with pytest.raises(ValueError, match="prunable layers are: '0', '3', '7', '9', '11'"):
         resolve_layer(model, "conv9")
+
+
+def test_names_that_are_not_in_the_model_are_errors_listing_the_closest_first():
+    model, x = torchvision.models.resnet18(), torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"'layer1\.0\.conv' is not in the model; prunable "
+                       r"layers are: 'layer1\.0\.conv1', 'layer1\.0\.conv2'"):  # fmt: skip
+        channel_group(model, "layer1.0.conv", x)
+    with pytest.raises(ValueError, match=r"'layer1\.0\.conv' is not in the model"):
+        ChannelGame(model, "layer1.0.conv", x, metric="kl")
+    small, x = LeNet5(), torch.zeros(1, 1, 28, 28)
+    with pytest.raises(
+        ValueError, match=r"ignored names '13', .* valid names: '3', '0', '7', '9', '11'$"
+    ):
+        prunable_layer_names(small, x, ignored=("9", "13"))
+    assert prunable_layer_names(small, x, ignored="9") == ["0", "3", "7"]
+    assert prunable_layer_names(small, x, ignored=("8",)) == ["0", "3", "7", "9"]  # a ReLU
+
+
+def test_an_input_of_another_dtype_than_the_weights_is_explained():
+    model = LeNet5().to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"input is float32 but the model's weights are bfloat16: "
+                       r"cast the calibration inputs"):  # fmt: skip
+        prunable_layer_names(model, torch.zeros(1, 1, 28, 28))
+    assert prunable_layer_names(model, torch.zeros(1, 1, 28, 28, dtype=torch.bfloat16)) == [
+        "0", "3", "7", "9"
+    ]  # fmt: skip
 
 
 def test_channel_costs_are_what_removing_one_channel_saves():
@@ -80,3 +108,12 @@ def test_channel_costs_are_what_removing_one_channel_saves():
     assert 36 * 9 + 16 * 5 * 9 <= macs <= 36 * 9 + 16 * 5 * 9 + 2 * 36
     with pytest.raises(ValueError, match="kind"):
         channel_costs(model, ["0"], example, "flops")
+
+
+def test_channel_costs_through_grouped_convolutions_share_an_even_removal():
+    example = torch.randn(1, 3, 8, 8)
+    costs = channel_costs(GroupedNet(), ["conv1", "conv3"], example)
+    # conv1: its 1×1 weights and bias, the batch norm's scale and shift, and a block of 4
+    # output channels × 3×3 in the grouped conv2 (3 removed, one per block)
+    assert costs == {"conv1": 3 + 1 + 2 + 4 * 9, "conv3": 12 + 1 + 2 * 9}
+    assert channel_costs(GroupedNet(crossed=True), ["conv2"], example) == {"conv2": float("inf")}
