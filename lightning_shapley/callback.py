@@ -90,11 +90,10 @@ class ShapleyPruningCallback(Callback):
         epochs: The epoch(s) at whose end to prune, or a function ``epoch -> bool``.
         prune_on: ``"train_epoch_end"`` (default): after the epoch's last training batch,
             before its validation, so that the epoch's validation metrics, ``ModelCheckpoint``
-            and ``EarlyStopping`` judge the pruned model. ``"validation_end"``: after the
-            epoch's validation and its checkpoints (Lightning's ``on_train_epoch_end``, as
-            ``ModelPruning`` does), which then belong to the unpruned model; the pruned one is
-            first validated an epoch later. Either way an epoch without validation prunes at
-            its end.
+            and ``EarlyStopping`` judge the pruned model (an epoch without validation prunes at
+            its end). ``"validation_end"``: after the epoch's validation and its checkpoints,
+            which then hold the unpruned model and its score; the pruning happens as the next
+            epoch starts, so the pruned model is first validated an epoch later.
         scope: ``"layer"`` (every layer loses the ratio) or ``"global"`` (one ranking over all
             layers; the game-based criteria then play one network-wide game).
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
@@ -264,8 +263,15 @@ class ShapleyPruningCallback(Callback):
             self._maybe_prune(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """With ``prune_on="validation_end"``, or where the last batch was not known: prune now."""
-        self._maybe_prune(trainer, pl_module)
+        """With ``prune_on="train_epoch_end"``, where the last batch was not known: prune now."""
+        if self.prune_on == "train_epoch_end":
+            self._maybe_prune(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """With ``prune_on="validation_end"``: prune for the previous epoch, once its validation
+        and its checkpoints (saved as late as ``on_train_epoch_end``) are done."""
+        if self.prune_on == "validation_end" and trainer.current_epoch > 0:
+            self._maybe_prune(trainer, pl_module, trainer.current_epoch - 1)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -296,20 +302,26 @@ class ShapleyPruningCallback(Callback):
         last = trainer.max_epochs
         if callable(self.epochs) or last is None or last < 0:
             return
-        late = [e for e in self.epochs if e >= last and e not in self.pruned_epochs]
+        # validation_end prunes when the next epoch starts
+        reach = last - 1 if self.prune_on == "validation_end" else last
+        why = " (prune_on='validation_end' prunes as the next epoch starts)" if reach < last else ""
+        late = [e for e in self.epochs if e >= reach and e not in self.pruned_epochs]
         if late and len(late) == len(self.epochs):
             raise ValueError(
                 f"ShapleyPruningCallback would never prune: epochs={self.epochs} are all at or "
-                f"beyond max_epochs={last} (epochs count from 0); lower epochs or raise max_epochs"
+                f"beyond {reach} with max_epochs={last} (epochs count from 0){why}; lower "
+                "epochs or raise max_epochs"
             )
         if late:
             rank_zero_warn(
-                f"ShapleyPruningCallback: epochs {late} are at or beyond max_epochs={last} "
-                "(epochs count from 0): no pruning there"
+                f"ShapleyPruningCallback: epochs {late} are at or beyond {reach} with "
+                f"max_epochs={last} (epochs count from 0){why}: no pruning there"
             )
 
-    def _maybe_prune(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
+    def _maybe_prune(
+        self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int | None = None
+    ) -> None:
+        epoch = trainer.current_epoch if epoch is None else epoch
         if trainer.sanity_checking or not self._is_due(trainer, epoch):
             return
         with torch.inference_mode(False), torch.enable_grad():
