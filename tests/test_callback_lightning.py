@@ -57,7 +57,7 @@ def test_the_checkpoint_of_the_pruning_epoch_holds_the_pruned_models_score(tmp_p
     stopping = EarlyStopping(monitor="val_acc", mode="max", patience=5)
     callback = ShapleyPruningCallback(0.75, epochs=1, criterion="l1", compensation="none")
     fit = trainer(tmp_path, [callback, checkpoint, stopping], max_epochs=2,
-                  enable_checkpointing=True)  # fmt: skip
+                  enable_checkpointing=True, limit_train_batches=3)  # fmt: skip
     fit.fit(DigitsModule(), train, val)
     saved = {Path(p).name: float(score) for p, score in checkpoint.best_k_models.items()}
     pruning_epoch = next(path for path in checkpoint.best_k_models if "epoch=1" in path)
