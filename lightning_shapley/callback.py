@@ -399,7 +399,9 @@ class ShapleyPruningCallback(Callback):
         return make_criterion(self.criterion, scope=scope, **options)
 
     def _prune(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:
-        if not is_overridden("on_load_checkpoint", module, pl.LightningModule):
+        if not self.pruned_epochs and not is_overridden(
+            "on_load_checkpoint", module, pl.LightningModule
+        ):
             rank_zero_warn(
                 f"{type(module).__name__} has no on_load_checkpoint hook: its pruned checkpoints "
                 "load with lightning_shapley.load_pruned_checkpoint(Model, path), or with "
@@ -460,7 +462,8 @@ class ShapleyPruningCallback(Callback):
                     removed = trainer.strategy.broadcast(plan.removed, src=0)  # one decision
                     plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
                     report = prune(module, plan, inputs, compensation=compensation,
-                                   reference=backup, count_macs=False)  # fmt: skip
+                                   reference=None if one_step else backup,
+                                   count_macs=False)  # fmt: skip
                     self.history += report.history
                     channels.update(report.channels_after)
                     self.scores.update({k: v.tolist() for k, v in scores.values.items()})
@@ -600,7 +603,7 @@ class _ScoringBar:
             return
         if isinstance(callback, RichProgressBar) and callback.progress is not None:
             self._rich = callback
-            self._task = callback.progress.add_task(description, total=None)
+            self._task = callback.progress.add_task(description, total=float("inf"))
         elif isinstance(callback, TQDMProgressBar):
             self._tqdm = Tqdm(desc=description, unit=" evaluations", leave=False,
                               position=2 * callback.process_position + 1, dynamic_ncols=True,

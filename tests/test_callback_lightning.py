@@ -335,3 +335,48 @@ def test_every_choice_is_a_literal_and_the_cli_example_uses_valid_ones():
         choices = _literal(hints[key])
         assert not choices or value in choices, (key, value)
     ShapleyPruningCallback(**pruning["init_args"])
+
+
+class FakeRichProgress:
+    """What ``RichProgressBar.progress`` offers (rich itself is not installed here)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict] = {}
+
+    def add_task(self, description, total=100.0, **options):
+        assert total == float("inf")  # Lightning's progress needs a number: inf is open-ended
+        self.tasks[len(self.tasks)] = {"description": description, "completed": 0}
+        return len(self.tasks) - 1
+
+    def update(self, task, advance=0, description=None):
+        self.tasks[task]["completed"] += advance
+        if description is not None:
+            self.tasks[task]["description"] = description
+
+    def remove_task(self, task):
+        self.tasks[task]["removed"] = True
+
+    def refresh(self):
+        pass
+
+    soft_refresh = refresh
+
+
+def test_under_rich_the_scoring_is_a_task_of_the_rich_bar(capsys):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from lightning_shapley.callback import _ScoringBar
+
+    rich = RichProgressBar.__new__(RichProgressBar)  # rich is not installed: no __init__
+    rich.progress = FakeRichProgress()
+    bar = _ScoringBar(SimpleNamespace(progress_bar_callback=rich, is_global_zero=True), "Pruning")
+    bar.layer(["net.3"], 1, 4)
+    bar.advance(10)
+    bar.advance(5)
+    bar.close()
+    assert rich.progress.tasks == {
+        0: {"description": "Pruning: layer 2/4 (net.3)", "completed": 15, "removed": True}
+    }
+    assert capsys.readouterr().out == ""  # no ASCII bar printed under Rich
