@@ -65,9 +65,6 @@ PruneOn = Literal["train_epoch_end", "validation_end"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PRUNE_ON: tuple[str, ...] = get_args(PruneOn)
-HELD_OUT_SHOTS = 20
-"""Validation examples per class, besides the calibration draw, that the before/after metrics
-are measured on."""
 CHECKPOINT_KEY = "lightning_shapley"
 
 
@@ -108,6 +105,10 @@ class ShapleyPruningCallback(Callback):
             ``"iterated_shapley"``). ``None``: the criterion's own.
         budget: Game evaluations per game of the Shapley criteria. ``None``: the criterion's own.
         shots: Calibration examples per class.
+        held_out: Validation examples per class, drawn besides the calibration set, on which
+            the loss and accuracy before and after pruning are measured (0: none). With
+            ``calibration`` given they are drawn from the validation data all the same, and
+            not checked against it.
         calibration: Calibration data to use whole instead of the drawn few-shot set: a
             ``Dataset``, a ``DataLoader``, an ``(inputs, targets)`` pair, or unlabelled inputs
             alone (for a label-free criterion such as the default).
@@ -154,6 +155,7 @@ class ShapleyPruningCallback(Callback):
         estimator: EstimatorName | None = None,
         budget: int | None = None,
         shots: int = 10,
+        held_out: int = 20,
         calibration: Dataset
         | DataLoader
         | tuple[torch.Tensor, torch.Tensor]
@@ -196,6 +198,8 @@ class ShapleyPruningCallback(Callback):
             )
         if not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be a positive integer, got {shots!r}")
+        if not isinstance(held_out, int) or held_out < 0:
+            raise ValueError(f"held_out must be a non-negative integer, got {held_out!r}")
         if ablation is not None and ablation not in get_args(AblationName):
             raise ValueError(
                 f"ablation={ablation!r} is invalid; use one of {get_args(AblationName)}"
@@ -214,6 +218,7 @@ class ShapleyPruningCallback(Callback):
         self.prune_on = prune_on
         self.criterion, self.estimator, self.budget = criterion, estimator, budget
         self.shots, self.calibration, self.batch_to_xy = shots, calibration, batch_to_xy
+        self.held_out = held_out
         self.metric, self.ablation = metric, ablation
         self.compensation = compensation
         self.ignored_layers = tuple(ignored_layers)
@@ -355,16 +360,16 @@ class ShapleyPruningCallback(Callback):
         held_out = None
         if self.calibration is not None:
             inputs, targets = as_calibration_tensors(self.calibration, batch_to_xy=self.batch_to_xy)
-            if loader is not None:
+            if loader is not None and self.held_out:
                 try:
-                    held_out = draw_few_shot(loader, HELD_OUT_SHOTS, seed=self.seed + 1,
+                    held_out = draw_few_shot(loader, self.held_out, seed=self.seed + 1,
                                              batch_to_xy=self.batch_to_xy)  # fmt: skip
                 except ValueError:  # unlabelled validation batches: no held-out metrics
                     held_out = None
         else:
             if loader is None:
                 raise ValueError("ShapleyPruningCallback needs validation data or `calibration=`")
-            x, y = draw_few_shot(loader, self.shots + HELD_OUT_SHOTS, seed=self.seed,
+            x, y = draw_few_shot(loader, self.shots + self.held_out, seed=self.seed,
                                  batch_to_xy=self.batch_to_xy)  # fmt: skip
             (inputs, targets), held_out = split_per_class(x, y, self.shots, seed=self.seed)
             if len(held_out[0]) == 0:

@@ -143,6 +143,8 @@ def test_nan_outputs_are_reported(tmp_path):
         ({"estimator": "magic"}, "estimator='magic' is unknown"),
         ({"budget": 0}, "budget must be a positive"),
         ({"shots": 0}, "shots must be a positive"),
+        ({"held_out": -1}, "held_out must be a non-negative"),
+        ({"prune_on": "validation_start"}, "prune_on='validation_start' is invalid"),
         ({"ablation": "noise"}, "ablation='noise' is invalid"),
         ({"metric": "f1"}, "metric='f1' is unknown"),
         ({"min_channels": 0}, "min_channels"),

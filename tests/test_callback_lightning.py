@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_shapley import ShapleyPruningCallback, load_pruned_checkpoint
 from lightning_shapley.calibration import draw_few_shot, split_per_class
-from lightning_shapley.callback import HELD_OUT_SHOTS
 from lightning_shapley.compensation import COMPENSATIONS
 from lightning_shapley.criteria import CRITERIA, ESTIMATORS, EliminationCriterion
 from lightning_shapley.criteria.classic import ImportanceCriterion
@@ -111,7 +110,7 @@ def test_before_after_metrics_are_held_out_with_the_epoch_and_a_positive_loss(tm
     assert row["epoch"] == "1"  # logged through the module, at the pruning epoch
     assert float(row["pruning/loss_before"]) > 0 and float(row["pruning/loss_after"]) > 0
     # measured on validation examples the calibration set (and so the refit) did not see
-    x, y = draw_few_shot(DataLoader(val.dataset, batch_size=256), 5 + HELD_OUT_SHOTS, seed=0)
+    x, y = draw_few_shot(DataLoader(val.dataset, batch_size=256), 5 + 20, seed=0)
     (calib_x, _), (held_x, held_y) = split_per_class(x, y, 5, seed=0)
     assert not (calib_x.flatten(1)[:, None] == held_x.flatten(1)[None]).all(-1).any()
     assert float(row["pruning/accuracy_after"]) == pytest.approx(accuracy(module, held_x, held_y))
