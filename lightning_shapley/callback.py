@@ -682,8 +682,7 @@ def _watching(trainer: pl.Trainer, bar: _ScoringBar, stop: Callable[[], None]):
 @contextmanager
 def _one_summary_warning(epoch: int) -> Iterator[None]:
     """Collect the warnings of one prune (one per layer, often) into one summary warning."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:  # the user's filters still apply
         yield
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     if messages:
