@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,10 +30,9 @@ from lightning_shapley.calibration import (
 from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import CRITERION_OPTIONS, Criterion, make_criterion
 from lightning_shapley.games.distributed import ShardedGame
-from lightning_shapley.metrics import first_logits, reference_logits, value_function
+from lightning_shapley.metrics import first_logits, value_function
 from lightning_shapley.modes import evaluating
-from lightning_shapley.plan import PruningPlan, make_plan
-from lightning_shapley.prune import PruningReport, prune
+from lightning_shapley.prune import PruningReport
 from lightning_shapley.pruning import (
     build_dependency_graph,
     count_params_and_macs,
@@ -44,8 +41,8 @@ from lightning_shapley.pruning import (
     is_importance,
     prunable_layer_names,
     replay,
-    restore,
 )
+from lightning_shapley.session import PruningSession
 
 __all__ = ["ShapleyPruningCallback", "load_pruned_checkpoint", "restore_pruning"]
 
@@ -426,91 +423,47 @@ class ShapleyPruningCallback(Callback):
                 "targets), or use a label-free criterion (greedy, or metric='kl')"
             )
         frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
-        reference = reference_logits(module, inputs)
         before = _measures(module, held_out)
         params_before, macs_before = count_params_and_macs(module, inputs[:1])
         target = self._target_ratio(epoch)
-        one_step = self.schedule == "one_shot" or self.scope == "global"
-        steps = [layers] if one_step else [[layer] for layer in layers]
-        backup = copy.deepcopy(module)
-        compensation = resolve_compensation(
-            self.compensation, getattr(criterion, "ablation", None) or "zero"
-        )
-        # a label-free value compares with the unpruned model, however far pruning has gone
-        scoring_targets = reference if criterion.label_free else targets
         bar = _ScoringBar(trainer, f"Pruning ({criterion.name})")
         stop = _stop_check(trainer)
-        seconds, n_evals, channels, history = 0.0, 0, {}, list(self.history)
+        session = PruningSession(
+            criterion,
+            scope=self.scope,
+            schedule=self.schedule,
+            compensation=resolve_compensation(
+                self.compensation, getattr(criterion, "ablation", None) or "zero"
+            ),
+            original_channels=self.original_channels,
+            min_channels=self.min_channels,
+            round_to=self.round_to,
+            shard=_watching(trainer, bar, stop),
+            decide=lambda removed: trainer.strategy.broadcast(removed, src=0),  # one decision
+            stop=stop,
+            on_step=bar.layer,
+        )
         try:
             with _one_summary_warning(epoch):
-                for index, step in enumerate(steps):
-                    stop()
-                    bar.layer(step, index, len(steps))
-                    began = time.perf_counter()
-                    try:
-                        seed = self.seed + 1000 * epoch + index
-                        current = {n: module.get_submodule(n).weight.shape[0] for n in step}
-                        ratio = self._ratios(current, target)
-                        shares = set(ratio.values()) if isinstance(ratio, dict) else {ratio}
-                        cut = shares.pop() if len(shares) == 1 else None
-                        shard = _watching(trainer, bar, stop)
-                        scores = criterion.score(module, step, (inputs, scoring_targets),
-                                                 seed=seed, shard=shard, cut=cut)  # fmt: skip
-                    except Exception as error:
-                        raise RuntimeError(
-                            f"ShapleyPruningCallback: scoring channels failed at epoch {epoch} "
-                            f"({error}); the model was left unpruned"
-                        ) from error
-                    seconds += time.perf_counter() - began
-                    n_evals += scores.n_evals
-                    plan = self._plan(scores.values, ratio, criterion)
-                    removed = trainer.strategy.broadcast(plan.removed, src=0)  # one decision
-                    plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
-                    report = prune(module, plan, inputs, compensation=compensation,
-                                   reference=None if one_step else backup,
-                                   count_macs=False)  # fmt: skip
-                    self.history += report.history
-                    channels.update(report.channels_after)
-                    self.scores.update({k: v.tolist() for k, v in scores.values.items()})
-        except BaseException:  # Ctrl-C and SIGTERM too: the model is left as it was
-            restore(module, backup)
-            self.history = history
-            raise
+                result = session.run(module, layers, inputs, targets, target,
+                                     seed=self.seed + 1000 * epoch)  # fmt: skip
         finally:
             bar.close()
         for name in frozen:  # torch-pruning's new parameters are trainable
             module.get_parameter(name).requires_grad_(False)
+        self.history += result.history
+        self.scores.update(result.scores)
         module._lightning_shapley_history = list(self.history)
         _rebuild_training(trainer, module)
         params_after, macs_after = count_params_and_macs(module, inputs[:1])
         after = _measures(module, held_out, before.pop("_logits", None))
+        after.pop("_logits", None)
+        channels = result.channels
         original = {k: self.original_channels[k] for k in channels}
         achieved = 1 - sum(channels.values()) / sum(original.values())
         report = PruningReport(params_before, params_after, macs_before, macs_after, original,
                                channels, target, achieved, [])  # fmt: skip
-        after.pop("_logits", None)
-        self._log(module, epoch, report, seconds, n_evals, before, after)
-
-    def _ratios(self, current: dict[str, int], target: float) -> float | dict[str, float]:
-        """What each layer (or all, in global scope) must lose now to reach ``target`` of the
-        original channels."""
-        for name, n in current.items():
-            self.original_channels.setdefault(name, n)
-        if self.scope == "global":
-            total0 = sum(self.original_channels[n] for n in current)
-            total = sum(current.values())
-            return max(0.0, (total - (1 - target) * total0) / total)
-        return {
-            n: max(0.0, (current[n] - (1 - target) * self.original_channels[n]) / current[n])
-            for n in current
-        }
-
-    def _plan(
-        self, scores: dict[str, torch.Tensor], ratio: float | dict[str, float], criterion: Criterion
-    ) -> PruningPlan:
-        normalize = "none" if getattr(criterion, "scope", "layer") == "network" else "mean"
-        return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
-                         min_channels=self.min_channels, round_to=self.round_to)  # fmt: skip
+        self._log(module, epoch, report, result.seconds, result.n_evals, before, after)
 
     def _log(self, module, epoch, report, seconds, n_evals, before, after) -> None:
         """Metrics through the module's ``log_dict`` (epoch-level), one line to the console."""
