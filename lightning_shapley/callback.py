@@ -573,7 +573,7 @@ class _ScoringBar:
             f"{len(layers)} layers at once")  # fmt: skip
         text = f"{self.description}: {where}"
         if self._tqdm is not None:
-            self._tqdm.set_description(text)
+            self._tqdm.set_description_str(text)
         elif self._rich is not None:
             self._rich.progress.update(self._task, description=text)
             self._rich.refresh()
