@@ -15,11 +15,12 @@ __all__ = [
     "PermutationShapley",
     "ShapleyPruningCallback",
     "few_shot_indices",
+    "load_pruned_checkpoint",
     "restore_pruning",
 ]
 __version__ = "0.1.0"
 
-_LIGHTNING = {"ShapleyPruningCallback", "restore_pruning"}
+_LIGHTNING = {"ShapleyPruningCallback", "load_pruned_checkpoint", "restore_pruning"}
 
 
 def __getattr__(name: str) -> Any:

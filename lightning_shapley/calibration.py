@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["CalibrationData", "as_calibration_tensors", "draw_few_shot", "few_shot_indices"]
+__all__ = [
+    "BatchToXY",
+    "CalibrationData",
+    "as_calibration_tensors",
+    "batch_inputs_targets",
+    "draw_few_shot",
+    "few_shot_indices",
+    "split_per_class",
+]
 
 CalibrationData = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | DataLoader | Dataset
+BatchToXY = Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]]
+"""Where the inputs and targets are in a batch: ``batch -> (inputs [B, ...], targets [B])``."""
 
 
-def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.Tensor | None]:
+def as_calibration_tensors(
+    data: CalibrationData, *, batch_to_xy: BatchToXY | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gather calibration data into ``(inputs [N, ...], targets)``.
 
     Targets are labels ``[N]``, reference logits ``[N, K]`` (for a label-free value, see
@@ -21,9 +34,12 @@ def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.T
     Args:
         data: A pair of tensors, unlabelled inputs (one tensor), a ``DataLoader`` or a
             map-style ``Dataset`` of ``(x, y)`` pairs.
+        batch_to_xy: Where inputs and targets are in a batch (or dataset item) of ``data``;
+            by default its first two items.
 
     Raises:
-        ValueError: If the data is empty or the inputs and targets disagree in length.
+        ValueError: If the data is empty, the inputs and targets disagree in length, or a
+            batch is not an ``(inputs, targets)`` pair and no ``batch_to_xy`` says where they are.
     """
     if isinstance(data, torch.Tensor):
         if len(data) == 0:
@@ -36,8 +52,8 @@ def as_calibration_tensors(data: CalibrationData) -> tuple[torch.Tensor, torch.T
     ):
         inputs, targets = data
     elif isinstance(data, DataLoader | Dataset):
-        batches = data if isinstance(data, DataLoader) else ((x, y) for x, y in _samples(data))
-        pairs = [_pair(batch) for batch in batches]
+        batches = data if isinstance(data, DataLoader) else _samples(data)
+        pairs = [batch_inputs_targets(batch, batch_to_xy) for batch in batches]
         if not pairs:
             raise ValueError("the calibration data is empty: it yields no examples")
         if isinstance(data, DataLoader):
@@ -64,10 +80,40 @@ def _samples(dataset: Dataset) -> Iterable:
     return (dataset[i] for i in range(len(dataset)))  # type: ignore[arg-type]
 
 
-def _pair(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(batch, tuple | list) and len(batch) >= 2):
-        raise ValueError("calibration batches must be (inputs, targets) pairs")
-    return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+def batch_inputs_targets(
+    batch: Any, batch_to_xy: BatchToXY | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of one batch: ``batch_to_xy(batch)``, or the batch's first two items.
+
+    Raises:
+        ValueError: If the batch is not an ``(inputs, targets)`` pair and no ``batch_to_xy``
+            says where they are, or ``batch_to_xy`` returns something else.
+
+    Example:
+        >>> x, y = batch_inputs_targets({"image": torch.zeros(2, 3), "label": torch.tensor([0, 1])},
+        ...                             lambda b: (b["image"], b["label"]))
+        >>> x.shape, y.tolist()
+        (torch.Size([2, 3]), [0, 1])
+    """
+    if batch_to_xy is not None:
+        pair = batch_to_xy(batch)
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise ValueError(
+                f"batch_to_xy must return an (inputs, targets) pair, got {type(pair).__name__}"
+            )
+        return torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+    if isinstance(batch, tuple | list) and len(batch) >= 2:
+        return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+    what = (
+        f"a dict with keys {sorted(map(str, batch))}"
+        if isinstance(batch, dict)
+        else f"a {type(batch).__name__}"
+    )
+    raise ValueError(
+        f"calibration batches must be (inputs, targets) pairs, got {what}: say where the inputs "
+        "and targets are with batch_to_xy= (e.g. batch_to_xy=lambda batch: (batch['image'], "
+        "batch['label'])), or pass the calibration data itself with calibration="
+    )
 
 
 def few_shot_indices(targets: torch.Tensor, shots: int, *, seed: int = 0) -> torch.Tensor:
@@ -101,12 +147,18 @@ def few_shot_indices(targets: torch.Tensor, shots: int, *, seed: int = 0) -> tor
 
 
 def draw_few_shot(
-    data: DataLoader | Dataset, shots: int, *, seed: int = 0
+    data: DataLoader | Dataset,
+    shots: int,
+    *,
+    seed: int = 0,
+    batch_to_xy: BatchToXY | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``shots`` examples per class from a loader or dataset in one pass, reproducibly.
 
     Each class keeps a seeded reservoir sample, so every example of a class has the same chance
     and memory stays at ``shots`` examples per class. A class with fewer examples keeps them all.
+    A loader's batches are what its ``collate_fn`` makes of the dataset's items, so inputs are
+    drawn as the model sees them; ``batch_to_xy`` says where inputs and targets are in a batch.
 
     Returns:
         ``(inputs [k, ...], targets [k])`` ordered by class.
@@ -119,9 +171,9 @@ def draw_few_shot(
     generator = torch.Generator().manual_seed(seed)
     reservoirs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     seen: dict[int, int] = {}
-    batches = data if isinstance(data, DataLoader) else ((x, y) for x, y in _samples(data))
+    batches = data if isinstance(data, DataLoader) else _samples(data)
     for batch in batches:
-        x, y = _pair(batch)
+        x, y = batch_inputs_targets(batch, batch_to_xy)
         if y.dim() == 0:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
         for example, label in zip(x, y.reshape(len(y)), strict=True):
@@ -138,3 +190,35 @@ def draw_few_shot(
         raise ValueError("the calibration data is empty: it yields no examples")
     chosen = [pair for c in sorted(reservoirs) for pair in reservoirs[c]]
     return torch.stack([x for x, _ in chosen]), torch.stack([y for _, y in chosen])
+
+
+def split_per_class(
+    inputs: torch.Tensor, targets: torch.Tensor, shots: int, *, seed: int = 0
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Split labelled examples into ``shots`` per class and the rest, at random, reproducibly.
+
+    Args:
+        inputs: ``[N, ...]`` examples.
+        targets: ``[N]`` integer class labels.
+        shots: Examples per class in the first part (a class with fewer gives them all).
+        seed: Seed of the split.
+
+    Returns:
+        ``((inputs, targets) of the chosen, (inputs, targets) of the rest)``, both ordered by
+        class.
+
+    Example:
+        >>> labels = torch.tensor([0, 1] * 3)
+        >>> (x, y), (rest_x, rest_y) = split_per_class(torch.arange(6.0), labels, 1)
+        >>> y.tolist(), rest_y.tolist()
+        ([0, 1], [0, 0, 1, 1])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    chosen, rest = [], []
+    for label in torch.unique(targets).tolist():
+        members = torch.nonzero(targets == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        chosen.append(members[:shots])
+        rest.append(members[shots:])
+    chosen_idx, rest_idx = torch.cat(chosen), torch.cat(rest)
+    return (inputs[chosen_idx], targets[chosen_idx]), (inputs[rest_idx], targets[rest_idx])

@@ -2,91 +2,123 @@
 
 from __future__ import annotations
 
-import copy
 import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torchmetrics import Metric
 
-from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
-from lightning_shapley.compensation import resolve_compensation
-from lightning_shapley.criteria import (
-    Criterion,
-    EliminationCriterion,
-    ShapleyCriterion,
-    criterion_by_name,
+from lightning_shapley.calibration import (
+    BatchToXY,
+    as_calibration_tensors,
+    draw_few_shot,
+    split_per_class,
 )
-from lightning_shapley.criteria.game_based import ESTIMATORS
-from lightning_shapley.games.channel import ABLATIONS
+from lightning_shapley.compensation import resolve_compensation
+from lightning_shapley.criteria import CRITERION_OPTIONS, Criterion, make_criterion
 from lightning_shapley.games.distributed import ShardedGame
-from lightning_shapley.metrics import MetricLike, reference_logits, value_function
+from lightning_shapley.metrics import first_logits, value_function
 from lightning_shapley.modes import evaluating
-from lightning_shapley.plan import PruningPlan, make_plan
-from lightning_shapley.prune import PruningReport, prune
+from lightning_shapley.prune import PruningReport
 from lightning_shapley.pruning import (
+    build_dependency_graph,
     count_params_and_macs,
+    group_importance,
+    importance_needs_gradients,
+    is_importance,
     prunable_layer_names,
     replay,
-    restore,
 )
+from lightning_shapley.session import PruningSession
 
-__all__ = ["ShapleyPruningCallback", "restore_pruning"]
+__all__ = ["ShapleyPruningCallback", "load_pruned_checkpoint", "restore_pruning"]
 
-SCOPES = ("layer", "global")
-SCHEDULES = ("layer_by_layer", "one_shot")
+CriterionName = Literal[
+    "greedy", "shapley", "shapley_network", "ancona_shapley", "greedy_refit", "beam",
+    "iterated_shapley", "cut_shapley", "loo", "random", "l1", "l2", "bn_scale", "taylor",
+    "grad_input", "integrated_gradients", "deeplift", "apoz", "activation_mean",
+]  # fmt: skip
+EstimatorName = Literal["exact", "permutation", "loo", "dasp", "bandit", "tmab", "cut_permutation"]
+MetricName = Literal["cross_entropy", "accuracy", "kl", "logit_mse"]
+AblationName = Literal["zero", "mean", "regression", "refit"]
+CompensationName = Literal["least_squares", "none", "mean", "regression", "auto"]
+Scope = Literal["layer", "global"]
+Schedule = Literal["layer_by_layer", "one_shot"]
+PruneOn = Literal["train_epoch_end", "validation_end"]
+
+SCOPES: tuple[str, ...] = get_args(Scope)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRUNE_ON: tuple[str, ...] = get_args(PruneOn)
 CHECKPOINT_KEY = "lightning_shapley"
 
 
 class ShapleyPruningCallback(Callback):
-    """Prune channels by what they are worth to the model, at the end of chosen validation
-    epochs.
+    """Prune channels by what they are worth to the model, at the end of chosen training epochs.
 
     When it fires it draws a few-shot calibration set (``shots`` examples per class from the
-    validation data, reproducibly, unless ``calibration`` is given), plays the channel game of
-    every prunable layer, removes the channels the game finds least needed physically through
-    torch-pruning, refits what feeds on them (least squares, no training), rebuilds the
-    optimizers (carrying the LR schedulers' state), and lets training go on (fine-tuning) or
-    stops it. Under DDP the game's evaluations are shared across ranks and every rank applies
-    the identical plan; the model is then wrapped in DDP again.
+    validation data, through its own loader's ``collate_fn``, reproducibly, unless
+    ``calibration`` is given), plays the channel game of every prunable layer, removes the
+    channels the game finds least needed physically through torch-pruning, refits what feeds on
+    them (least squares, no training), rebuilds the optimizers (carrying the LR schedulers'
+    state), and lets training go on (fine-tuning) or stops it. Under DDP the game's evaluations
+    are shared across ranks and every rank applies the identical plan; the model is then
+    wrapped in DDP again.
 
     Args:
         ratio: Share of channels removed by the end of a pruning epoch, counted against the
             original model: a number in ``[0, 1)``, or a function ``epoch -> ratio`` for an
             iterative schedule (e.g. ``lambda e: 0.25 * (e + 1)`` with ``epochs=(0, 1, 2)``).
-        epochs: The epoch(s) at whose validation end to prune, or a function ``epoch -> bool``.
+        epochs: The epoch(s) at whose end to prune, or a function ``epoch -> bool``.
+        prune_on: ``"train_epoch_end"`` (default): after the epoch's last training batch,
+            before its validation, so that the epoch's validation metrics, ``ModelCheckpoint``
+            and ``EarlyStopping`` judge the pruned model (an epoch without validation prunes at
+            its end). ``"validation_end"``: after the epoch's validation and its checkpoints,
+            which then hold the unpruned model and its score; the pruning happens as the next
+            epoch starts, so the pruned model is first validated an epoch later.
         scope: ``"layer"`` (every layer loses the ratio) or ``"global"`` (one ranking over all
-            layers; Shapley then plays one network-wide game).
+            layers; the game-based criteria then play one network-wide game).
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
-            the partly pruned model, as Ancona et al. do; it kept the most accuracy in the
-            committed comparisons) or ``"one_shot"`` (every layer scored on the unpruned model).
+            the partly pruned model, as Ancona et al. do) or ``"one_shot"`` (every layer scored
+            on the unpruned model).
         criterion: ``"greedy"`` (default: backward elimination on the game of the kept set,
-            see :class:`~lightning_shapley.criteria.EliminationCriterion`; it kept the most
-            accuracy in ``benchmarks/results/pruning_quality.md``), ``"shapley"`` (Shapley
-            values from ``estimator``), any name of
-            :data:`~lightning_shapley.criteria.CRITERIA`, or a ``Criterion``.
-        estimator: Estimator of the ``"shapley"`` criterion, by name.
-        budget: Game evaluations per game for the ``"shapley"`` criterion.
+            see :class:`~lightning_shapley.criteria.EliminationCriterion`), ``"shapley"``
+            (Shapley values from ``estimator``), any name of
+            :data:`~lightning_shapley.criteria.CRITERIA`, a ``Criterion``, or a torch-pruning
+            importance (``tp.importance.MagnitudeImportance(p=1)``, ...).
+        estimator: Estimator of the criteria that take one (``"shapley"``,
+            ``"iterated_shapley"``). ``None``: the criterion's own.
+        budget: Game evaluations per game of the Shapley criteria. ``None``: the criterion's own.
         shots: Calibration examples per class.
+        held_out: Validation examples per class, drawn besides the calibration set, on which
+            the loss and accuracy before and after pruning are measured (0: none). With
+            ``calibration`` given they are drawn from the validation data all the same, and
+            not checked against it.
         calibration: Calibration data to use whole instead of the drawn few-shot set: a
             ``Dataset``, a ``DataLoader``, an ``(inputs, targets)`` pair, or unlabelled inputs
             alone (for a label-free criterion such as the default).
-        metric: The game's value for ``"greedy"`` and ``"shapley"``: ``"kl"`` (agreement with
-            the unpruned model, the default of ``"greedy"``), ``"cross_entropy"`` (the default
-            of ``"shapley"``), ``"accuracy"``, a torchmetrics ``Metric`` or a callable
-            ``(logits, targets) -> scalar`` (higher is better). ``None``: the criterion's own.
-        ablation: What the game puts in place of removed channels: ``"zero"`` (the default of
-            ``"shapley"``), ``"mean"``, ``"regression"`` (the default of ``"greedy"``) or
-            ``"refit"`` (see :class:`~lightning_shapley.games.ChannelGame`). ``None``: the
-            criterion's own.
+        batch_to_xy: Where the inputs and targets are in a batch of the validation loader (or
+            of ``calibration``), e.g. ``lambda batch: (batch["image"], batch["label"])`` for
+            dict batches. ``None``: a batch's first two items.
+        metric: The game's value for the game-based criteria: ``"kl"`` (agreement with the
+            unpruned model), ``"cross_entropy"``, ``"accuracy"``, ``"logit_mse"``, a
+            torchmetrics ``Metric`` or a callable ``(logits, targets) -> scalar`` (higher is
+            better). ``None``: the criterion's own.
+        ablation: What the game puts in place of removed channels: ``"zero"``, ``"mean"``,
+            ``"regression"`` or ``"refit"`` (see :class:`~lightning_shapley.games.ChannelGame`).
+            ``None``: the criterion's own.
         compensation: What the pruned consumers get back: ``"least_squares"`` (default),
             ``"none"``, ``"mean"``, ``"regression"`` (see
             :mod:`~lightning_shapley.compensation`), or ``"auto"``: what makes the pruned model
@@ -97,6 +129,10 @@ class ShapleyPruningCallback(Callback):
         fine_tune: Keep training after pruning (``False`` stops the fit after the last prune).
         seed: Seed of the calibration draw and the estimators.
         verbose: Report each prune in the log.
+
+    Raises:
+        ValueError: On an invalid argument, or an option (``estimator``, ``budget``,
+            ``metric``, ``ablation``) the criterion does not take.
 
     Example:
         >>> callback = ShapleyPruningCallback(ratio=0.5, epochs=2, shots=10)
@@ -109,20 +145,23 @@ class ShapleyPruningCallback(Callback):
         ratio: float | Callable[[int], float] = 0.5,
         *,
         epochs: int | Sequence[int] | Callable[[int], bool] = 0,
-        scope: str = "layer",
-        schedule: str = "layer_by_layer",
-        criterion: str | Criterion = "greedy",
-        estimator: str = "permutation",
-        budget: int = 1024,
+        prune_on: PruneOn = "train_epoch_end",
+        scope: Scope = "layer",
+        schedule: Schedule = "layer_by_layer",
+        criterion: CriterionName | Criterion | Callable[..., torch.Tensor] = "greedy",
+        estimator: EstimatorName | None = None,
+        budget: int | None = None,
         shots: int = 10,
+        held_out: int = 20,
         calibration: Dataset
         | DataLoader
         | tuple[torch.Tensor, torch.Tensor]
         | torch.Tensor
         | None = None,
-        metric: MetricLike | None = None,
-        ablation: str | None = None,
-        compensation: str = "least_squares",
+        batch_to_xy: BatchToXY | None = None,
+        metric: MetricName | Metric | Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+        ablation: AblationName | None = None,
+        compensation: CompensationName = "least_squares",
         ignored_layers: Sequence[str] = (),
         min_channels: int = 1,
         round_to: int | None = None,
@@ -140,45 +179,49 @@ class ShapleyPruningCallback(Callback):
                 raise ValueError(
                     f"epochs must be non-negative integers or a function, got {epochs!r}"
                 )
+        if prune_on not in PRUNE_ON:
+            raise ValueError(f"prune_on={prune_on!r} is invalid; use one of {PRUNE_ON}")
         if scope not in SCOPES:
             raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule={schedule!r} is invalid; use one of {SCHEDULES}")
-        if isinstance(criterion, str):
-            criterion_by_name(criterion)  # validates the name
-        elif not isinstance(criterion, Criterion):
-            raise TypeError(
-                f"criterion must be a name or a Criterion, got {type(criterion).__name__}"
+        if estimator is not None and estimator not in get_args(EstimatorName):
+            raise ValueError(
+                f"estimator={estimator!r} is unknown; use one of {get_args(EstimatorName)}"
             )
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={estimator!r} is unknown; use one of {tuple(ESTIMATORS)}")
-        if not isinstance(budget, int) or budget < 1:
+        if budget is not None and (not isinstance(budget, int) or budget < 1):
             raise ValueError(
                 f"budget must be a positive number of game evaluations, got {budget!r}"
             )
         if not isinstance(shots, int) or shots < 1:
             raise ValueError(f"shots must be a positive integer, got {shots!r}")
-        if ablation is not None and ablation not in ABLATIONS:
-            raise ValueError(f"ablation={ablation!r} is invalid; use one of {ABLATIONS}")
+        if not isinstance(held_out, int) or held_out < 0:
+            raise ValueError(f"held_out must be a non-negative integer, got {held_out!r}")
+        if ablation is not None and ablation not in get_args(AblationName):
+            raise ValueError(
+                f"ablation={ablation!r} is invalid; use one of {get_args(AblationName)}"
+            )
         resolve_compensation(compensation, ablation or "zero")  # validates it
         if metric is not None:
             value_function(metric)  # validates the metric
+        if batch_to_xy is not None and not callable(batch_to_xy):
+            raise TypeError(f"batch_to_xy must be a function batch -> (inputs, targets), got "
+                            f"{type(batch_to_xy).__name__}")  # fmt: skip
         if not isinstance(min_channels, int) or min_channels < 1:
             raise ValueError(f"min_channels must be a positive integer, got {min_channels!r}")
         if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
         self.ratio, self.epochs, self.scope, self.schedule = ratio, epochs, scope, schedule
+        self.prune_on = prune_on
         self.criterion, self.estimator, self.budget = criterion, estimator, budget
-        self.shots, self.calibration, self.metric, self.ablation = (
-            shots,
-            calibration,
-            metric,
-            ablation,
-        )
+        self.shots, self.calibration, self.batch_to_xy = shots, calibration, batch_to_xy
+        self.held_out = held_out
+        self.metric, self.ablation = metric, ablation
         self.compensation = compensation
         self.ignored_layers = tuple(ignored_layers)
         self.min_channels, self.round_to = min_channels, round_to
         self.fine_tune, self.seed, self.verbose = fine_tune, seed, verbose
+        self._criterion()  # validates the criterion and its options
         # state kept in checkpoints
         self.pruned_epochs: list[int] = []
         self.history: list[dict] = []
@@ -189,23 +232,48 @@ class ShapleyPruningCallback(Callback):
     # -- Lightning hooks ---------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """On resume, prune the fresh model as the checkpoint's was, before weights load."""
+        """Refuse what could never prune, before any training; on resume, prune the fresh model
+        as the checkpoint's was, before the weights load."""
+        if stage != "fit":
+            return
+        _refuse_compiled(pl_module)
+        self._check_schedule(trainer)
+        if self.calibration is None and not _has_validation_data(trainer):
+            raise ValueError(
+                "ShapleyPruningCallback draws its calibration set from the validation data, and "
+                "this fit has none: pass val_dataloaders, or the calibration data with "
+                "calibration="
+            )
         path = trainer.ckpt_path
-        if stage != "fit" or path is None:
-            return
-        checkpoint = trainer.strategy.load_checkpoint(path)
-        restore_pruning(pl_module, checkpoint)
+        if path is not None:
+            restore_pruning(pl_module, trainer.strategy.load_checkpoint(path))
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Prune if this epoch is scheduled (never during the sanity check)."""
-        epoch = trainer.current_epoch
-        if trainer.sanity_checking or not self._is_due(trainer, epoch):
-            return
-        with torch.inference_mode(False), torch.enable_grad():
-            self._prune(trainer, pl_module, epoch)
-        self.pruned_epochs.append(epoch)
-        if not self.fine_tune and not self._more_to_come(epoch):
-            trainer.should_stop = True
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """With ``prune_on="train_epoch_end"``: prune after the epoch's last batch, before its
+        validation."""
+        if (
+            self.prune_on == "train_epoch_end"
+            and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            self._maybe_prune(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """With ``prune_on="train_epoch_end"``, where the last batch was not known: prune now."""
+        if self.prune_on == "train_epoch_end":
+            self._maybe_prune(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """With ``prune_on="validation_end"``: prune for the previous epoch, once its validation
+        and its checkpoints (saved as late as ``on_train_epoch_end``) are done."""
+        if self.prune_on == "validation_end" and trainer.current_epoch > 0:
+            self._maybe_prune(trainer, pl_module, trainer.current_epoch - 1)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -231,6 +299,39 @@ class ShapleyPruningCallback(Callback):
 
     # -- pruning -----------------------------------------------------------------------------
 
+    def _check_schedule(self, trainer: pl.Trainer) -> None:
+        """An epoch list that the fit never reaches would never prune: say so up front."""
+        last = trainer.max_epochs
+        if callable(self.epochs) or last is None or last < 0:
+            return
+        # validation_end prunes when the next epoch starts
+        reach = last - 1 if self.prune_on == "validation_end" else last
+        why = " (prune_on='validation_end' prunes as the next epoch starts)" if reach < last else ""
+        late = [e for e in self.epochs if e >= reach and e not in self.pruned_epochs]
+        if late and len(late) == len(self.epochs):
+            raise ValueError(
+                f"ShapleyPruningCallback would never prune: epochs={self.epochs} are all at or "
+                f"beyond {reach} with max_epochs={last} (epochs count from 0){why}; lower "
+                "epochs or raise max_epochs"
+            )
+        if late:
+            rank_zero_warn(
+                f"ShapleyPruningCallback: epochs {late} are at or beyond {reach} with "
+                f"max_epochs={last} (epochs count from 0){why}: no pruning there"
+            )
+
+    def _maybe_prune(
+        self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int | None = None
+    ) -> None:
+        epoch = trainer.current_epoch if epoch is None else epoch
+        if trainer.sanity_checking or not self._is_due(trainer, epoch):
+            return
+        with torch.inference_mode(False), torch.enable_grad():
+            self._prune(trainer, module, epoch)
+        self.pruned_epochs.append(epoch)
+        if not self.fine_tune and not self._more_to_come(epoch):
+            trainer.should_stop = True
+
     def _is_due(self, trainer: pl.Trainer, epoch: int) -> bool:
         if trainer.state.fn != "fit" or epoch in self.pruned_epochs:
             return False
@@ -249,149 +350,123 @@ class ShapleyPruningCallback(Callback):
 
     def _calibration_data(
         self, trainer: pl.Trainer, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(inputs, targets, held_out)``: the calibration set, and labelled validation
+        examples it does not hold, for the before/after metrics (``None`` without any)."""
+        loader = _validation_loader(trainer)
+        held_out = None
         if self.calibration is not None:
-            inputs, targets = as_calibration_tensors(self.calibration)
+            inputs, targets = as_calibration_tensors(self.calibration, batch_to_xy=self.batch_to_xy)
+            if loader is not None and self.held_out:
+                try:
+                    held_out = draw_few_shot(loader, self.held_out, seed=self.seed + 1,
+                                             batch_to_xy=self.batch_to_xy)  # fmt: skip
+                except ValueError:  # unlabelled validation batches: no held-out metrics
+                    held_out = None
         else:
-            loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
             if loader is None:
                 raise ValueError("ShapleyPruningCallback needs validation data or `calibration=`")
-            if isinstance(getattr(loader, "dataset", None), Dataset):
-                # the whole dataset, not this rank's shard: every rank draws the same set
-                loader = DataLoader(loader.dataset, batch_size=256, shuffle=False)
-            inputs, targets = draw_few_shot(loader, self.shots, seed=self.seed)
+            x, y = draw_few_shot(loader, self.shots + self.held_out, seed=self.seed,
+                                 batch_to_xy=self.batch_to_xy)  # fmt: skip
+            (inputs, targets), held_out = split_per_class(x, y, self.shots, seed=self.seed)
+            if len(held_out[0]) == 0:
+                held_out = None
         # clones: tensors made under inference mode cannot take part in autograd
-        return inputs.clone().to(device), None if targets is None else targets.clone().to(device)
+        inputs = inputs.clone().to(device)
+        targets = None if targets is None else targets.clone().to(device)
+        if held_out is not None:
+            held_out = (held_out[0].clone().to(device), held_out[1].clone().to(device))
+        return inputs, targets, held_out
 
     def _criterion(self) -> Criterion:
-        if isinstance(self.criterion, Criterion):
-            return self.criterion
-        scope = "network" if self.scope == "global" else "layer"
-        options = {"metric": self.metric, "ablation": self.ablation}
-        options = {k: v for k, v in options.items() if v is not None}
-        if self.criterion == "shapley":
-            return ShapleyCriterion(self.estimator, self.budget, scope=scope, **options)
-        if self.criterion == "greedy":
-            return EliminationCriterion(scope=scope, **options)
-        return criterion_by_name(self.criterion)
+        options = {"estimator": self.estimator, "budget": self.budget, "metric": self.metric,
+                   "ablation": self.ablation}  # fmt: skip
+        given = sorted(k for k, v in options.items() if v is not None)
+        if isinstance(self.criterion, Criterion) or is_importance(self.criterion):
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} configure a criterion given by name; set them on the "
+                    f"{type(self.criterion).__name__} object instead"
+                )
+            if isinstance(self.criterion, Criterion):
+                return self.criterion
+            return _TorchPruningImportance(self.criterion)
+        if not isinstance(self.criterion, str):
+            raise TypeError(
+                "criterion must be a name, a Criterion or a torch-pruning importance, got "
+                f"{type(self.criterion).__name__}"
+            )
+        takes_scope = "scope" in CRITERION_OPTIONS.get(self.criterion, ())
+        scope = "network" if self.scope == "global" and takes_scope else None
+        return make_criterion(self.criterion, scope=scope, **options)
 
     def _prune(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:
+        if not self.pruned_epochs and not is_overridden(
+            "on_load_checkpoint", module, pl.LightningModule
+        ):
+            rank_zero_warn(
+                f"{type(module).__name__} has no on_load_checkpoint hook: its pruned checkpoints "
+                "load with lightning_shapley.load_pruned_checkpoint(Model, path), or with "
+                "Model.load_from_checkpoint once it has `def on_load_checkpoint(self, "
+                "checkpoint): restore_pruning(self, checkpoint)`"
+            )
         device = module.device
-        inputs, targets = self._calibration_data(trainer, device)
+        inputs, targets, held_out = self._calibration_data(trainer, device)
         self.example_shape = list(inputs[:1].shape)
         layers = prunable_layer_names(module, inputs[:1], ignored=self.ignored_layers)
         if not layers:
             raise ValueError("ShapleyPruningCallback found no prunable layer in the model")
         criterion = self._criterion()
-        shard = None
-        if trainer.world_size > 1:
-            strategy = trainer.strategy
-
-            def shard(game):
-                return ShardedGame(
-                    game.n_players,
-                    game,
-                    strategy.all_gather,
-                    rank=trainer.global_rank,
-                    world_size=trainer.world_size,
-                )
-
         if targets is None and not criterion.label_free:
             raise ValueError(
                 f"criterion {criterion.name!r} needs labelled calibration data: pass (inputs, "
                 "targets), or use a label-free criterion (greedy, or metric='kl')"
             )
-        reference = reference_logits(module, inputs)
-        measures = _measures(self.metric, targets, reference)
-        before = {name: _evaluate(module, inputs, t, fn) for name, (fn, t) in measures.items()}
+        frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
+        before = _measures(module, held_out)
         params_before, macs_before = count_params_and_macs(module, inputs[:1])
         target = self._target_ratio(epoch)
-        one_step = self.schedule == "one_shot" or self.scope == "global"
-        steps = [layers] if one_step else [[layer] for layer in layers]
-        backup = None if one_step else copy.deepcopy(module)
-        compensation = resolve_compensation(
-            self.compensation, getattr(criterion, "ablation", None) or "zero"
+        bar = _ScoringBar(trainer, f"Pruning ({criterion.name})")
+        stop = _stop_check(trainer)
+        session = PruningSession(
+            criterion,
+            scope=self.scope,
+            schedule=self.schedule,
+            compensation=resolve_compensation(
+                self.compensation, getattr(criterion, "ablation", None) or "zero"
+            ),
+            original_channels=self.original_channels,
+            min_channels=self.min_channels,
+            round_to=self.round_to,
+            shard=_watching(trainer, bar, stop),
+            decide=lambda removed: trainer.strategy.broadcast(removed, src=0),  # one decision
+            stop=stop,
+            on_step=bar.layer,
         )
-        # a label-free value compares with the unpruned model, however far pruning has gone
-        scoring_targets = reference if criterion.label_free else targets
-        bar = Tqdm(
-            total=len(steps), desc=f"Pruning: scoring channels ({criterion.name})", leave=False,
-            disable=trainer.progress_bar_callback is None or not trainer.is_global_zero,
-            dynamic_ncols=True, file=sys.stdout,
-        )  # fmt: skip
-        seconds, n_evals, channels, history = 0.0, 0, {}, list(self.history)
         try:
-            for index, step in enumerate(steps):
-                began = time.perf_counter()
-                try:
-                    seed = self.seed + 1000 * epoch + index
-                    current = {n: module.get_submodule(n).weight.shape[0] for n in step}
-                    ratio = self._ratios(current, target)
-                    shares = set(ratio.values()) if isinstance(ratio, dict) else {ratio}
-                    cut = shares.pop() if len(shares) == 1 else None
-                    scores = criterion.score(
-                        module, step, (inputs, scoring_targets), seed=seed, shard=shard, cut=cut
-                    )
-                except Exception as error:
-                    raise RuntimeError(
-                        f"ShapleyPruningCallback: scoring channels failed at epoch {epoch} "
-                        f"({error}); the model was left unpruned"
-                    ) from error
-                seconds += time.perf_counter() - began
-                n_evals += scores.n_evals
-                plan = self._plan(scores.values, ratio, criterion)
-                removed = trainer.strategy.broadcast(plan.removed, src=0)  # one decision, all ranks
-                plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
-                report = prune(module, plan, inputs, compensation=compensation, reference=backup,
-                               count_macs=False)  # fmt: skip
-                self.history += report.history
-                channels.update(report.channels_after)
-                self.scores.update({k: v.tolist() for k, v in scores.values.items()})
-                bar.update(1)
-        except Exception:
-            if backup is not None:
-                restore(module, backup)
-            self.history = history
-            raise
+            with _one_summary_warning(epoch):
+                result = session.run(module, layers, inputs, targets, target,
+                                     seed=self.seed + 1000 * epoch)  # fmt: skip
         finally:
             bar.close()
+        for name in frozen:  # torch-pruning's new parameters are trainable
+            module.get_parameter(name).requires_grad_(False)
+        self.history += result.history
+        self.scores.update(result.scores)
         module._lightning_shapley_history = list(self.history)
         _rebuild_training(trainer, module)
         params_after, macs_after = count_params_and_macs(module, inputs[:1])
-        values = {
-            name: (before[name], _evaluate(module, inputs, t, fn))
-            for name, (fn, t) in measures.items()
-        }
+        after = _measures(module, held_out, before.pop("_logits", None))
+        after.pop("_logits", None)
+        channels = result.channels
         original = {k: self.original_channels[k] for k in channels}
         achieved = 1 - sum(channels.values()) / sum(original.values())
         report = PruningReport(params_before, params_after, macs_before, macs_after, original,
                                channels, target, achieved, [])  # fmt: skip
-        self._log(trainer, epoch, report, seconds, n_evals, values)
+        self._log(module, epoch, report, result.seconds, result.n_evals, before, after)
 
-    def _ratios(self, current: dict[str, int], target: float) -> float | dict[str, float]:
-        """What each layer (or all, in global scope) must lose now to reach ``target`` of the
-        original channels."""
-        for name, n in current.items():
-            self.original_channels.setdefault(name, n)
-        if self.scope == "global":
-            total0 = sum(self.original_channels[n] for n in current)
-            total = sum(current.values())
-            return max(0.0, (total - (1 - target) * total0) / total)
-        return {
-            n: max(0.0, (current[n] - (1 - target) * self.original_channels[n]) / current[n])
-            for n in current
-        }
-
-    def _plan(
-        self, scores: dict[str, torch.Tensor], ratio: float | dict[str, float], criterion: Criterion
-    ) -> PruningPlan:
-        normalize = "none" if getattr(criterion, "scope", "layer") == "network" else "mean"
-        return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
-                         min_channels=self.min_channels, round_to=self.round_to)  # fmt: skip
-
-    def _log(self, trainer, epoch, report, seconds, n_evals, values) -> None:
-        """Metrics to the Trainer's loggers, one line to the console (rank zero)."""
+    def _log(self, module, epoch, report, seconds, n_evals, before, after) -> None:
+        """Metrics through the module's ``log_dict`` (epoch-level), one line to the console."""
         metrics = {
             "pruning/params": float(report.params_after),
             "pruning/macs": float(report.macs_after),
@@ -399,35 +474,211 @@ class ShapleyPruningCallback(Callback):
             "pruning/evaluations": float(n_evals),
             **{f"pruning/channels/{k}": float(v) for k, v in report.channels_after.items()},
         }
-        for name, (before, after) in values.items():
-            metrics[f"pruning/{name}_before"], metrics[f"pruning/{name}_after"] = before, after
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        for name, value in after.items():
+            if name in before:
+                metrics[f"pruning/{name}_before"] = before[name]
+            metrics[f"pruning/{name}_after"] = value
+        module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
         if self.verbose:
-            changes = ", ".join(f"{name} {b:.4f} → {a:.4f}" for name, (b, a) in values.items())
+            changes = ", ".join(
+                f"{name} {before[name]:.4f} → {value:.4f}"
+                if name in before
+                else f"{name} {value:.4f}"
+                for name, value in after.items()
+            )
+            where = f"on held-out validation examples: {changes}; " if after else ""
             rank_zero_info(
                 f"ShapleyPruningCallback (epoch {epoch}): removed {report.achieved_ratio:.1%} of "
                 f"the channels; params {report.params_before:,} → {report.params_after:,}, MACs "
-                f"{report.macs_before:,} → {report.macs_after:,}; on the calibration set: "
-                f"{changes}; estimation {seconds:.1f} s, {n_evals:,} evaluations"
+                f"{report.macs_before:,} → {report.macs_after:,}; {where}estimation "
+                f"{seconds:.1f} s, {n_evals:,} evaluations"
             )
 
 
-def _measures(metric, targets: torch.Tensor | None, reference: torch.Tensor) -> dict:
-    """What the log reports before and after: the labelled value and accuracy on the
-    calibration set, or without labels the agreement with the unpruned model."""
-    if targets is None:
-        return {"kl": (value_function("kl"), reference)}
-    value = value_function(metric or "cross_entropy")
-    if value.label_free:
-        value = value_function("cross_entropy")
-    return {value.name: (value, targets), "accuracy": (value_function("accuracy"), targets)}
+class _TorchPruningImportance(Criterion):
+    """A torch-pruning importance as a criterion: its scores of each layer's group (gradients of
+    the calibration cross-entropy first, for those that read them)."""
+
+    def __init__(self, importance: Callable[..., torch.Tensor]) -> None:
+        self.importance = importance
+        self.name = type(importance).__name__
+        self.label_free = not importance_needs_gradients(importance)
+
+    def _score(self, model, layers, inputs, targets, seed):
+        if importance_needs_gradients(self.importance):
+            if targets is None or targets.dim() != 1:
+                raise ValueError(f"{self.name} reads gradients: it needs labelled calibration data")
+            model.eval()
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                for x, y in zip(inputs.split(256), targets.split(256), strict=True):
+                    loss = F.cross_entropy(first_logits(model(x)), y) * len(x) / len(inputs)
+                    loss.backward()
+        graph = build_dependency_graph(model, inputs[:1])
+        return {
+            layer: group_importance(model, layer, self.importance, inputs[:1], graph=graph)
+            for layer in layers
+        }, 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.importance!r})"
 
 
-def _evaluate(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, value) -> float:
+def _measures(
+    module: nn.Module,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None,
+    unpruned: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The before/after metrics on held-out examples: cross-entropy ``loss`` (positive) and
+    ``accuracy`` for class labels, ``mse`` for other targets, and the ``kl`` divergence of the
+    pruned model's predictions from the ``unpruned`` logits; the logits under ``"_logits"``."""
+    if held_out is None:
+        return {}
+    inputs, targets = held_out
     with evaluating(module):
-        logits = torch.cat([module(x) for x in inputs.split(256)])
-    return float(value(logits.unsqueeze(0), targets)[0])
+        logits = torch.cat([first_logits(module(x)) for x in inputs.split(256)]).float()
+    values: dict[str, Any] = {"_logits": logits}
+    classes = logits.dim() == 2 and logits.shape[1] > 1
+    if classes and targets.dim() == 1 and not targets.is_floating_point():
+        values["loss"] = float(F.cross_entropy(logits, targets))
+        values["accuracy"] = float((logits.argmax(dim=1) == targets).float().mean())
+    elif targets.numel() == logits.numel():
+        values["mse"] = float(F.mse_loss(logits.flatten(), targets.float().flatten()))
+    if unpruned is not None and classes:
+        log_p, log_ref = F.log_softmax(logits, dim=1), F.log_softmax(unpruned, dim=1)
+        values["kl"] = float((log_ref.exp() * (log_ref - log_p)).sum(dim=1).mean())
+    return values
+
+
+class _ScoringBar:
+    """The Trainer's own progress bar while channels are scored: a TQDM bar under the main one,
+    or a task of the Rich bar; it counts game evaluations (their total is unknown up front)."""
+
+    def __init__(self, trainer: pl.Trainer, description: str) -> None:
+        self.description, self._tqdm, self._rich, self._task = description, None, None, None
+        callback = trainer.progress_bar_callback
+        if callback is None or not trainer.is_global_zero:
+            return
+        if isinstance(callback, RichProgressBar) and callback.progress is not None:
+            self._rich = callback
+            self._task = callback.progress.add_task(description, total=float("inf"))
+        elif isinstance(callback, TQDMProgressBar):
+            self._tqdm = Tqdm(desc=description, unit=" evaluations", leave=False,
+                              position=2 * callback.process_position + 1, dynamic_ncols=True,
+                              file=sys.stdout)  # fmt: skip
+
+    def layer(self, layers: list[str], index: int, total: int) -> None:
+        """Say which layer(s) are being scored."""
+        where = f"layer {index + 1}/{total} ({layers[0]})" if len(layers) == 1 else (
+            f"{len(layers)} layers at once")  # fmt: skip
+        text = f"{self.description}: {where}"
+        if self._tqdm is not None:
+            self._tqdm.set_description_str(text)
+        elif self._rich is not None:
+            self._rich.progress.update(self._task, description=text)
+            self._rich.refresh()
+
+    def advance(self, evaluations: int) -> None:
+        if self._tqdm is not None:
+            self._tqdm.update(evaluations)
+        elif self._rich is not None:
+            self._rich.progress.update(self._task, advance=evaluations)
+            self._rich.refresh()
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self._rich is not None:
+            self._rich.progress.remove_task(self._task)
+            self._rich.refresh()
+
+
+def _stop_check(trainer: pl.Trainer) -> Callable[[], None]:
+    """Raises Lightning's ``SIGTERMException`` once the Trainer has received SIGTERM."""
+
+    def stop() -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException()
+
+    return stop
+
+
+class _Watched:
+    """A game that advances the scoring bar and stops on SIGTERM between evaluations; every
+    other attribute is the wrapped game's."""
+
+    def __init__(self, game: Any, bar: _ScoringBar, stop: Callable[[], None]) -> None:
+        self.game, self.n_players, self._bar, self._stop = game, game.n_players, bar, stop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["game"], name)
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        self._stop()
+        values = self.game(masks)
+        self._bar.advance(len(masks))
+        return values
+
+
+def _watching(trainer: pl.Trainer, bar: _ScoringBar, stop: Callable[[], None]):
+    """Wraps every game a criterion plays: progress and stop checks, shared across DDP ranks."""
+
+    def wrap(game: Any) -> Any:
+        if trainer.world_size > 1:
+            game = ShardedGame(game.n_players, game, trainer.strategy.all_gather,
+                               rank=trainer.global_rank, world_size=trainer.world_size)  # fmt: skip
+        return _Watched(game, bar, stop)
+
+    return wrap
+
+
+@contextmanager
+def _one_summary_warning(epoch: int) -> Iterator[None]:
+    """Collect the warnings of one prune (one per layer, often) into one summary warning."""
+    with warnings.catch_warnings(record=True) as caught:  # the user's filters still apply
+        yield
+    messages = list(dict.fromkeys(str(w.message) for w in caught))
+    if messages:
+        more = f" (and {len(messages) - 1} more like it)" if len(messages) > 1 else ""
+        rank_zero_warn(
+            f"ShapleyPruningCallback: {len(caught)} warning(s) while pruning at epoch {epoch}; "
+            f"the first: {messages[0]}{more}"
+        )
+
+
+def _has_validation_data(trainer: pl.Trainer) -> bool:
+    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+    return source is None or source.is_defined()
+
+
+def _validation_loader(trainer: pl.Trainer) -> DataLoader | None:
+    """The first validation loader, rebuilt to read its whole map-style dataset in order (with
+    its own ``collate_fn``): every rank draws the same examples, as the model sees them."""
+    loaders = trainer.val_dataloaders
+    if loaders is None and _has_validation_data(trainer):
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()  # not loaded yet: no validation so far
+        loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    if loader is None:
+        return None
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, batch_size=256, shuffle=False, collate_fn=loader.collate_fn,
+                          num_workers=loader.num_workers,
+                          worker_init_fn=loader.worker_init_fn)  # fmt: skip
+    return loader
+
+
+def _refuse_compiled(module: nn.Module) -> None:
+    compiled = [
+        name or "the module" for name, m in module.named_modules() if hasattr(m, "_orig_mod")
+    ]
+    if compiled:
+        raise ValueError(
+            f"ShapleyPruningCallback cannot prune the torch.compile'd submodule(s) {compiled}: "
+            "pruning changes parameter shapes under the compiled graph. Prune the original "
+            "module: keep it uncompiled while pruning and compile it afterwards"
+        )
 
 
 def _rebuild_training(trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -460,3 +711,25 @@ def restore_pruning(module: nn.Module, checkpoint: dict[str, Any]) -> None:
     example = torch.zeros(saved["example_shape"], device=next(module.parameters()).device)
     replay(module, history, example)
     module._lightning_shapley_history = history
+
+
+def load_pruned_checkpoint(cls: type[pl.LightningModule], checkpoint_path: Any, **kwargs: Any):
+    """``cls.load_from_checkpoint(checkpoint_path, **kwargs)`` for a run that
+    ``ShapleyPruningCallback`` pruned, with or without an ``on_load_checkpoint`` hook that
+    calls :func:`restore_pruning`.
+
+    Lightning builds ``cls`` from the saved hyperparameters and loads the weights right after
+    the module's own ``on_load_checkpoint``; the pruned architecture is rebuilt there.
+    """
+    own = cls.on_load_checkpoint
+
+    def on_load_checkpoint(self: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        own(self, checkpoint)
+        restore_pruning(self, checkpoint)
+
+    restoring = type(cls.__name__, (cls,), {"on_load_checkpoint": on_load_checkpoint,
+                                            "__module__": cls.__module__,
+                                            "__qualname__": cls.__qualname__})  # fmt: skip
+    model = restoring.load_from_checkpoint(checkpoint_path, **kwargs)
+    model.__class__ = cls
+    return model

@@ -35,6 +35,8 @@ __all__ = [
     "count_params_and_macs",
     "group_importance",
     "grouped_convolutions",
+    "importance_needs_gradients",
+    "is_importance",
     "merged_consumers",
     "prunable_layer_names",
     "resolve_layer",
@@ -120,8 +122,11 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     Raises:
         ValueError: If torch-pruning cannot trace the model.
     """
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # traced through autograd
     with _preserved_state(model):
         try:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, verbose=False
             )
@@ -131,6 +136,9 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
                 f"{tuple(example_input.shape)}: {error}. The model's forward must accept one "
                 f"calibration batch.{_dtype_hint(model, example_input)}"
             ) from error
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(False)
 
 
 def _dtype_hint(model: nn.Module, example_input: torch.Tensor) -> str:
@@ -285,10 +293,20 @@ def prunable_layer_names(
     return names
 
 
+def is_importance(criterion: object) -> bool:
+    """Whether ``criterion`` is a torch-pruning importance (``tp.importance.Importance``)."""
+    return isinstance(criterion, tp.importance.Importance)
+
+
+def importance_needs_gradients(importance: object) -> bool:
+    """Whether a torch-pruning importance reads the parameters' ``.grad`` (Taylor, Hessian)."""
+    return isinstance(importance, tp.importance.TaylorImportance | tp.importance.HessianImportance)
+
+
 def group_importance(
     model: nn.Module,
     layer: str | nn.Module,
-    kind: str,
+    kind: str | object,
     example_input: torch.Tensor,
     graph: tp.DependencyGraph | None = None,
 ) -> torch.Tensor:
@@ -297,7 +315,8 @@ def group_importance(
     Args:
         kind: ``"l1"``/``"l2"`` (weight magnitude), ``"bn_scale"`` (|γ| of the batch norms),
             ``"taylor"`` (|w · ∂L/∂w|; the gradients must already be in ``.grad``) or
-            ``"random"``. Scores are averaged over the group's layers, not normalised.
+            ``"random"``, or a torch-pruning importance object. Scores are averaged over the
+            group's layers, not normalised.
     """
     importances = {
         "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None),
@@ -306,12 +325,12 @@ def group_importance(
         "taylor": lambda: tp.importance.TaylorImportance(normalizer=None),
         "random": lambda: tp.importance.RandomImportance(),
     }
-    if kind not in importances:
+    if not is_importance(kind) and kind not in importances:
         raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
     name, module = resolve_layer(model, layer)
     graph = graph or build_dependency_graph(model, example_input)
     group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
-    scores = importances[kind]()(group)
+    scores = kind(group) if is_importance(kind) else importances[kind]()(group)
     if scores is None:
         raise ValueError(f"the group of layer {name!r} has no layer that {kind!r} can score")
     return scores.detach().float().cpu()

@@ -58,3 +58,46 @@ def trainer(tmp_path, callbacks, max_epochs: int = 3, **options) -> pl.Trainer:
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
     )  # fmt: skip
     return pl.Trainer(callbacks=callbacks, **{**defaults, **options})
+
+
+class PlainDigitsModule(DigitsModule):
+    """The digits module without the ``on_load_checkpoint`` hook, as a user writes it."""
+
+    on_load_checkpoint = pl.LightningModule.on_load_checkpoint
+
+
+class DictDigitsModule(DigitsModule):
+    """Dict batches ``{"image", "label"}``, and a forward that returns a dict."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x), "features": x.flatten(1)}
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch["image"])["logits"], batch["label"])
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(batch["image"])["logits"]
+        self.log("val_acc", (logits.argmax(1) == batch["label"]).float().mean())
+
+
+class TupleDigitsModule(DigitsModule):
+    """A forward that returns ``(logits, features)``."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), x.flatten(1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x)[0], y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x)[0].argmax(1) == y).float().mean())
+
+
+def dict_collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Collates ``(image, label)`` items into a dict batch, scaling the images to ``[0, 16]``."""
+    return {
+        "image": torch.stack([x for x, _ in items]) * 16,
+        "label": torch.stack([y for _, y in items]),
+    }

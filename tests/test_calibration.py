@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_shapley.calibration import as_calibration_tensors, few_shot_indices
+from lightning_shapley.calibration import (
+    as_calibration_tensors,
+    draw_few_shot,
+    few_shot_indices,
+    split_per_class,
+)
 
 
 def test_tensors_loaders_and_datasets_give_the_same_tensors():
@@ -44,3 +49,37 @@ def test_few_shot_indices_are_balanced_and_reproducible():
         few_shot_indices(targets, 11)
     with pytest.raises(ValueError, match="at least 1"):
         few_shot_indices(targets, 0)
+
+
+def dict_batches(items):
+    return {
+        "image": torch.stack([x for x, _ in items]) * 2,
+        "label": torch.stack([y for _, y in items]),
+    }
+
+
+def test_dict_batches_need_batch_to_xy_and_keep_the_collate():
+    x, y = torch.rand(12, 3), torch.arange(12) % 3
+    loader = DataLoader(TensorDataset(x, y), batch_size=5, collate_fn=dict_batches)
+    with pytest.raises(
+        ValueError, match=r"dict with keys \['image', 'label'\].*batch_to_xy=.*calibration="
+    ):
+        as_calibration_tensors(loader)
+    with pytest.raises(ValueError, match="batch_to_xy="):
+        draw_few_shot(loader, 2)
+    to_xy = lambda batch: (batch["image"], batch["label"])  # noqa: E731
+    inputs, targets = as_calibration_tensors(loader, batch_to_xy=to_xy)
+    assert torch.equal(inputs, x * 2) and torch.equal(targets, y)  # the collate's doubling
+    drawn, labels = draw_few_shot(loader, 2, batch_to_xy=to_xy)
+    assert torch.equal(torch.bincount(labels), torch.tensor([2, 2, 2])) and drawn.max() > 1
+    with pytest.raises(ValueError, match="must return an \\(inputs, targets\\) pair"):
+        as_calibration_tensors(loader, batch_to_xy=lambda batch: batch["image"])
+
+
+def test_split_per_class_is_balanced_disjoint_and_reproducible():
+    x, y = torch.arange(30.0), torch.arange(30) % 3
+    (cx, cy), (hx, hy) = split_per_class(x, y, 4, seed=1)
+    assert torch.equal(torch.bincount(cy), torch.tensor([4, 4, 4]))
+    assert torch.equal(torch.bincount(hy), torch.tensor([6, 6, 6]))
+    assert not set(cx.tolist()) & set(hx.tolist())
+    assert torch.equal(split_per_class(x, y, 4, seed=1)[0][0], cx)

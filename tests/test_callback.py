@@ -19,7 +19,7 @@ def test_prunes_at_the_chosen_epoch_and_keeps_training(tmp_path):
     module = DigitsModule()
     train, val = digits_loaders()
     before = n_params(module)
-    callback = ShapleyPruningCallback(0.5, epochs=1, budget=128, shots=5)
+    callback = ShapleyPruningCallback(0.5, epochs=1, shots=5)
     fit = trainer(tmp_path, [callback], logger=CSVLogger(tmp_path))
     fit.fit(module, train, val)
     assert callback.pruned_epochs == [1]
@@ -33,7 +33,7 @@ def test_prunes_at_the_chosen_epoch_and_keeps_training(tmp_path):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
     assert fit.global_step == 3 * len(train)  # training went on after the prune
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
-    keys = ("pruning/params", "pruning/macs", "pruning/cross_entropy_before",
+    keys = ("pruning/params", "pruning/macs", "pruning/loss_before", "pruning/accuracy_after",
             "pruning/estimation_seconds", "pruning/evaluations",
             "pruning/channels/net.0")  # fmt: skip
     assert all(key in logged for key in keys)
@@ -53,7 +53,7 @@ def test_iterative_schedule_and_global_scope(tmp_path):
     assert len([s for s in callback.history if s["op"] == "prune"]) == 8  # 4 layers, 2 steps
 
     module = DigitsModule()
-    callback = ShapleyPruningCallback(0.5, scope="global", budget=200, fine_tune=False)
+    callback = ShapleyPruningCallback(0.5, scope="global", fine_tune=False)
     fit = trainer(tmp_path, [callback], max_epochs=5)
     fit.fit(module, train, val)
     assert fit.current_epoch == 1  # stopped after the prune at epoch 0
@@ -97,7 +97,7 @@ def test_resume_rebuilds_the_pruned_model_and_load_from_checkpoint_works(tmp_pat
 def test_runs_under_no_grad_validation_and_restores_modes(tmp_path):
     module = DigitsModule()
     train, val = digits_loaders()
-    callback = ShapleyPruningCallback(0.25, budget=64, criterion="taylor")
+    callback = ShapleyPruningCallback(0.25, criterion="taylor")
     trainer(tmp_path, [callback], max_epochs=1, inference_mode=False).fit(module, train, val)
     assert module.training
     assert all(p.requires_grad and not p.is_inference() for p in module.parameters())
@@ -128,9 +128,7 @@ def test_nan_outputs_are_reported(tmp_path):
     with torch.no_grad():
         module.net[12].weight.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="NaN or infinite"):
-        trainer(tmp_path, [ShapleyPruningCallback(0.5, budget=64)], max_epochs=1).fit(
-            module, train, val
-        )
+        trainer(tmp_path, [ShapleyPruningCallback(0.5)], max_epochs=1).fit(module, train, val)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +143,8 @@ def test_nan_outputs_are_reported(tmp_path):
         ({"estimator": "magic"}, "estimator='magic' is unknown"),
         ({"budget": 0}, "budget must be a positive"),
         ({"shots": 0}, "shots must be a positive"),
+        ({"held_out": -1}, "held_out must be a non-negative"),
+        ({"prune_on": "validation_start"}, "prune_on='validation_start' is invalid"),
         ({"ablation": "noise"}, "ablation='noise' is invalid"),
         ({"metric": "f1"}, "metric='f1' is unknown"),
         ({"min_channels": 0}, "min_channels"),
@@ -207,7 +207,7 @@ def test_unlabelled_calibration_inputs_prune_with_the_label_free_default(tmp_pat
     fit.fit(module, train, val)
     assert module.net[0].out_channels == 4
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
-    assert "pruning/kl_before" in logged and "pruning/accuracy_before" not in logged
+    assert "pruning/kl_after" in logged  # agreement with the unpruned model, held out
     needs_labels = ShapleyPruningCallback(0.5, epochs=0, calibration=images, criterion="taylor")
     with pytest.raises(ValueError, match="needs labelled calibration data"):
         trainer(tmp_path, [needs_labels], max_epochs=1).fit(DigitsModule(), train, val)

@@ -22,6 +22,7 @@ from lightning_shapley.criteria.pruning_aware import (
     EliminationCriterion,
     IteratedShapleyCriterion,
 )
+from lightning_shapley.metrics import MetricLike
 
 __all__ = [
     "CRITERIA",
@@ -38,6 +39,7 @@ __all__ = [
     "ShapleyCriterion",
     "criterion_by_name",
     "estimator_by_name",
+    "make_criterion",
 ]
 
 CRITERIA = {
@@ -73,3 +75,65 @@ def criterion_by_name(name: str) -> Criterion:
     if name not in CRITERIA:
         raise ValueError(f"criterion {name!r} is unknown; use one of {sorted(CRITERIA)}")
     return CRITERIA[name]()
+
+
+CRITERION_OPTIONS = {
+    "shapley": ("estimator", "budget", "scope", "metric", "ablation"),
+    "cut_shapley": ("budget", "scope", "metric", "ablation"),
+    "loo": ("scope", "metric", "ablation"),
+    "iterated_shapley": ("estimator", "budget", "scope", "metric", "ablation"),
+    "greedy": ("scope", "metric", "ablation"),
+    "greedy_refit": ("scope", "metric"),
+    "beam": ("scope", "metric", "ablation"),
+    "ancona_shapley": ("ablation",),
+}
+"""The options :func:`make_criterion` passes to each criterion (the others take none)."""
+
+
+def make_criterion(
+    name: str,
+    *,
+    estimator: str | None = None,
+    budget: int | None = None,
+    scope: str | None = None,
+    metric: MetricLike | None = None,
+    ablation: str | None = None,
+) -> Criterion:
+    """A criterion of ``CRITERIA`` with options; ``None`` keeps the criterion's own.
+
+    Raises:
+        ValueError: On an unknown name, or an option the criterion does not take (see
+            ``CRITERION_OPTIONS``).
+
+    Example:
+        >>> make_criterion("cut_shapley", budget=64).budget
+        64
+        >>> make_criterion("l1", budget=64)
+        Traceback (most recent call last):
+        ...
+        ValueError: criterion 'l1' takes no budget; options it takes: none
+    """
+    base = criterion_by_name(name)
+    given = {"estimator": estimator, "budget": budget, "scope": scope, "metric": metric,
+             "ablation": ablation}  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    takes = CRITERION_OPTIONS.get(name, ())
+    for option in given:
+        if option not in takes:
+            raise ValueError(
+                f"criterion {name!r} takes no {option}; options it takes: "
+                f"{', '.join(takes) or 'none'}"
+            )
+    if not given:
+        return base
+    if name == "ancona_shapley":
+        return AnconaShapley(**given)
+    if isinstance(base, EliminationCriterion):
+        defaults = {"beam": base.beam, "scope": base.scope, "metric": base.metric,
+                    "ablation": base.ablation}  # fmt: skip
+        return EliminationCriterion(**{**defaults, **given})
+    defaults = {"estimator": base.estimator, "budget": base.budget, "scope": base.scope,
+                "metric": base.metric, "ablation": base.ablation}  # fmt: skip
+    if isinstance(base, IteratedShapleyCriterion):
+        return IteratedShapleyCriterion(rounds=base.rounds, **{**defaults, **given})
+    return ShapleyCriterion(**{**defaults, **given})
