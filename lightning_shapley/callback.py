@@ -52,7 +52,7 @@ CriterionName = Literal[
     "grad_input", "integrated_gradients", "deeplift", "apoz", "activation_mean",
 ]  # fmt: skip
 EstimatorName = Literal["exact", "permutation", "loo", "dasp", "bandit", "tmab", "cut_permutation"]
-MetricName = Literal["cross_entropy", "accuracy", "kl", "logit_mse"]
+MetricName = Literal["cross_entropy", "accuracy", "mse", "bce", "auto", "kl", "logit_mse"]
 AblationName = Literal["zero", "mean", "regression", "refit"]
 CompensationName = Literal["least_squares", "none", "mean", "regression", "auto"]
 Scope = Literal["layer", "global"]
