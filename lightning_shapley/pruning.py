@@ -40,7 +40,6 @@ __all__ = [
     "merged_consumers",
     "prunable_layer_names",
     "resolve_layer",
-    "restore",
     "valid_removal_counts",
 ]
 
@@ -706,28 +705,6 @@ def _add_to_bias(model: nn.Module, name: str, update: torch.Tensor | None) -> di
         with torch.no_grad():
             module.bias.add_(update.to(module.bias))
     return {"op": "bias", "layer": name}
-
-
-def restore(model: nn.Module, backup: nn.Module) -> None:
-    """Put back every submodule's parameters, buffers and attributes from ``backup`` (a copy
-    of ``model`` taken earlier), matched by name, keeping the submodule objects themselves.
-
-    The parameters are ``backup``'s: an optimizer built on ``model`` must be rebuilt. Prefer
-    :class:`Snapshot`, which keeps the parameter objects too.
-    """
-    sources = dict(backup.named_modules())
-    for name, target in list(model.named_modules()):
-        source = sources.get(name)
-        if source is None or type(source) is not type(target):
-            continue
-        children = target._modules
-        target.__dict__.update(
-            {k: v for k, v in source.__dict__.items() if not k.startswith("_") or k in _STATE}
-        )
-        target._modules = children
-
-
-_STATE = {"_parameters", "_buffers", "_non_persistent_buffers_set"}
 
 
 class Snapshot:

@@ -21,7 +21,7 @@ from lightning_shapley.criteria.base import GameWrapper
 from lightning_shapley.metrics import reference_logits
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
-from lightning_shapley.pruning import restore
+from lightning_shapley.pruning import Snapshot
 
 __all__ = ["PruningSession", "SessionResult"]
 
@@ -99,7 +99,8 @@ class PruningSession:
         scoring_targets = reference if self.criterion.label_free else targets
         one_step = self.schedule == "one_shot" or self.scope == "global"
         steps = [layers] if one_step else [[layer] for layer in layers]
-        backup = copy.deepcopy(model)
+        snapshot = Snapshot(model)  # the same objects: optimizers keep working after a rollback
+        backup = None if one_step else copy.deepcopy(model)  # what layer-by-layer refits toward
         result = SessionResult()
         try:
             for index, step in enumerate(steps):
@@ -126,13 +127,13 @@ class PruningSession:
                 removed = plan.removed if self.decide is None else self.decide(plan.removed)
                 plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
                 report = prune(model, plan, inputs, compensation=self.compensation,
-                               reference=None if one_step else backup,
+                               reference=backup,
                                count_macs=False)  # fmt: skip
                 result.history += report.history
                 result.channels.update(report.channels_after)
                 result.scores.update({k: v.tolist() for k, v in scores.values.items()})
         except BaseException:  # Ctrl-C and stop requests too: the model is left as it was
-            restore(model, backup)
+            snapshot.restore()
             raise
         return result
 

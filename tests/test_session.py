@@ -42,7 +42,15 @@ def test_a_stop_between_layers_leaves_the_model_as_it_was():
         if len(calls) == 3:  # after two layers were pruned
             raise KeyboardInterrupt
 
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(KeyboardInterrupt):
         PruningSession(criterion_by_name("l1"), stop=stop).run(model, layers, x, y, 0.5)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert model[0].out_channels == 8
+    # the same parameter objects: the optimizer built before still trains the model
+    assert [id(p) for p in model.parameters()] == [
+        id(p) for p in optimizer.param_groups[0]["params"]
+    ]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert not torch.equal(model[0].weight, state["0.weight"])
