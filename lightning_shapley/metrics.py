@@ -131,9 +131,9 @@ def _negative_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def choose_metric(targets: torch.Tensor, n_outputs: int) -> str:
     """The built-in value that fits ``targets`` and a model with ``n_outputs`` outputs.
 
-    Integer labels ``[N]`` with several outputs: ``"cross_entropy"``; 0/1 targets ``[N, K]``
-    with ``K = n_outputs > 1``: ``"bce"`` (multi-label); any other numeric targets: ``"mse"``
-    (regression, one output or several).
+    Integer labels ``[N]`` with several outputs: ``"cross_entropy"``; 0/1 targets shaped as
+    the outputs (``[N, K]``, or ``[N]`` for one logit): ``"bce"`` (multi-label or binary); any
+    other numeric targets: ``"mse"`` (regression, one output or several).
 
     Example:
         >>> choose_metric(torch.tensor([0, 2, 1]), 3), choose_metric(torch.randn(3), 1)
@@ -144,7 +144,7 @@ def choose_metric(targets: torch.Tensor, n_outputs: int) -> str:
     if targets.dim() == 1 and not targets.is_floating_point() and n_outputs > 1:
         return "cross_entropy"
     binary = bool(((targets == 0) | (targets == 1)).all())
-    if targets.dim() == 2 and targets.shape[1] == n_outputs > 1 and binary:
+    if binary and targets.numel() == len(targets) * n_outputs:
         return "bce"
     return "mse"
 

@@ -110,7 +110,9 @@ def make_plan(
 
     Raises:
         ValueError: On a ratio outside ``[0, 1)``, an unknown scope or normalisation, a
-            per-layer ratio for a layer without scores, or empty scores.
+            per-layer ratio for a layer without scores, empty scores, or a layer that would
+            lose some of its channels while all of them score the same (the choice would fall
+            to channel order).
 
     Example:
         >>> plan = make_plan({"conv": torch.tensor([0.3, 0.1, 0.9, 0.5])}, 0.5)
@@ -214,9 +216,9 @@ def _check_distinguishable(scores: dict[str, torch.Tensor], removed: dict[str, l
                 f"all {len(s)} channels of layer {name!r} have the same score "
                 f"({float(s[0]):.4g}): the criterion cannot tell them apart, and removing "
                 f"{len(removed[name])} would pick them by index. Either the game's value does "
-                "not change when the layer's channels are removed (a softmax-based value such "
-                "as 'kl' or 'cross_entropy' on a model with one output: use metric='mse' for "
-                "regression, 'bce' for multi-label targets, or 'auto'), or the layer is dead "
-                "(all-zero weights or activations: leave it out with ignored_layers, or give it "
+                "not depend on the layer's channels (choose one that fits the model: "
+                "metric='mse' for regression, 'bce' for multi-label targets, 'auto' to choose "
+                "from the targets, or the label-free 'kl'), or the layer is dead (all-zero "
+                "weights or activations: leave it out with ignored_layers, or give it "
                 "a ratio of 0)"
             )

@@ -567,6 +567,8 @@ def grouped_convolutions(
             its channels at all (a depthwise convolution with a channel multiplier).
     """
     name, module = resolve_layer(model, layer)
+    if not any(isinstance(m, tp.ops.TORCH_CONV) and m.groups > 1 for m in model.modules()):
+        return []
     graph = graph or build_dependency_graph(model, example_input)
     n_channels = graph.get_out_channels(module)
     names = {m: n for n, m in model.named_modules()}

@@ -82,6 +82,10 @@ def test_auto_is_cross_entropy_for_class_labels():
     )
     assert choose_metric(labels, 3) == "cross_entropy"
     assert choose_metric(torch.tensor([3, 1, 4]), 1) == "mse"  # integer-valued regression
+    assert choose_metric(torch.tensor([0, 1, 1]), 1) == "bce"  # binary, one logit
+    one_logit, binary = torch.randn(2, 3, 1), torch.tensor([0, 1, 1])
+    expected = -F.binary_cross_entropy_with_logits(one_logit[1, :, 0], binary.float())
+    assert value_function("auto")(one_logit, binary)[1].item() == pytest.approx(expected.item())
 
 
 def test_label_free_agreement_of_a_one_output_model_is_the_squared_difference():
