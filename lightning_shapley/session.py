@@ -9,6 +9,7 @@ or a stop request — the model is left exactly as it was found.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class PruningSession:
                 result.n_evals += scores.n_evals
                 plan = self._plan(scores.values, ratio)
                 removed = plan.removed if self.decide is None else self.decide(plan.removed)
-                plan = PruningPlan(removed, plan.n_channels, plan.requested_ratio)
+                plan = dataclasses.replace(plan, removed=removed)  # scores kept for rounding
                 report = prune(model, plan, inputs, compensation=self.compensation,
                                reference=backup,
                                count_macs=False)  # fmt: skip
