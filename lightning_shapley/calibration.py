@@ -176,6 +176,7 @@ def draw_few_shot(
         x, y = batch_inputs_targets(batch, batch_to_xy)
         if y.dim() == 0:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
+        _check_class_labels(y)
         for example, label in zip(x, y.reshape(len(y)), strict=True):
             c = int(label)
             seen[c] = seen.get(c, 0) + 1
@@ -190,6 +191,18 @@ def draw_few_shot(
         raise ValueError("the calibration data is empty: it yields no examples")
     chosen = [pair for c in sorted(reservoirs) for pair in reservoirs[c]]
     return torch.stack([x for x, _ in chosen]), torch.stack([y for _, y in chosen])
+
+
+def _check_class_labels(targets: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``targets`` ``[B]`` are one integer class label each."""
+    if targets.is_floating_point() or targets.is_complex() or targets.numel() != len(targets):
+        raise ValueError(
+            "a few-shot draw takes `shots` examples per class, so it needs one integer class "
+            f"label per example; the targets are {str(targets.dtype).removeprefix('torch.')} "
+            f"of shape {list(targets.shape)} (regression or multi-label?). Pass the calibration "
+            "examples themselves with calibration= (a Dataset, a DataLoader or an "
+            "(inputs, targets) pair)"
+        )
 
 
 def split_per_class(

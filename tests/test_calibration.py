@@ -83,3 +83,14 @@ def test_split_per_class_is_balanced_disjoint_and_reproducible():
     assert torch.equal(torch.bincount(hy), torch.tensor([6, 6, 6]))
     assert not set(cx.tolist()) & set(hx.tolist())
     assert torch.equal(split_per_class(x, y, 4, seed=1)[0][0], cx)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [torch.randn(12), torch.randint(0, 2, (12, 5)).float(), torch.randint(0, 3, (12, 2))],
+    ids=["regression", "multi-label", "two-labels"],
+)
+def test_a_few_shot_draw_refuses_targets_that_are_not_class_labels(targets):
+    loader = DataLoader(TensorDataset(torch.randn(12, 3), targets), batch_size=4)
+    with pytest.raises(ValueError, match=r"one integer class label per example.*calibration="):
+        draw_few_shot(loader, 2)
