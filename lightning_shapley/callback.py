@@ -32,6 +32,19 @@ from lightning_shapley.criteria import CRITERION_OPTIONS, Criterion, make_criter
 from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import first_logits, value_function
 from lightning_shapley.modes import evaluating
+from lightning_shapley.options import (
+    ABLATIONS,
+    PRUNE_ON,
+    SCHEDULES,
+    SCOPES,
+    Ablation,
+    Compensation,
+    MetricName,
+    PruneOn,
+    Schedule,
+    Scope,
+    check_choice,
+)
 from lightning_shapley.prune import PruningReport
 from lightning_shapley.pruning import (
     build_dependency_graph,
@@ -52,16 +65,6 @@ CriterionName = Literal[
     "grad_input", "integrated_gradients", "deeplift", "apoz", "activation_mean",
 ]  # fmt: skip
 EstimatorName = Literal["exact", "permutation", "loo", "dasp", "bandit", "tmab", "cut_permutation"]
-MetricName = Literal["cross_entropy", "accuracy", "mse", "bce", "auto", "kl", "logit_mse"]
-AblationName = Literal["zero", "mean", "regression", "refit"]
-CompensationName = Literal["least_squares", "none", "mean", "regression", "auto"]
-Scope = Literal["layer", "global"]
-Schedule = Literal["layer_by_layer", "one_shot"]
-PruneOn = Literal["train_epoch_end", "validation_end"]
-
-SCOPES: tuple[str, ...] = get_args(Scope)
-SCHEDULES: tuple[str, ...] = get_args(Schedule)
-PRUNE_ON: tuple[str, ...] = get_args(PruneOn)
 CHECKPOINT_KEY = "lightning_shapley"
 
 
@@ -160,8 +163,8 @@ class ShapleyPruningCallback(Callback):
         | None = None,
         batch_to_xy: BatchToXY | None = None,
         metric: MetricName | Metric | Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
-        ablation: AblationName | None = None,
-        compensation: CompensationName = "least_squares",
+        ablation: Ablation | None = None,
+        compensation: Compensation = "least_squares",
         ignored_layers: Sequence[str] = (),
         min_channels: int = 1,
         round_to: int | None = None,
@@ -179,12 +182,9 @@ class ShapleyPruningCallback(Callback):
                 raise ValueError(
                     f"epochs must be non-negative integers or a function, got {epochs!r}"
                 )
-        if prune_on not in PRUNE_ON:
-            raise ValueError(f"prune_on={prune_on!r} is invalid; use one of {PRUNE_ON}")
-        if scope not in SCOPES:
-            raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r} is invalid; use one of {SCHEDULES}")
+        check_choice("prune_on", prune_on, PRUNE_ON)
+        check_choice("scope", scope, SCOPES)
+        check_choice("schedule", schedule, SCHEDULES)
         if estimator is not None and estimator not in get_args(EstimatorName):
             raise ValueError(
                 f"estimator={estimator!r} is unknown; use one of {get_args(EstimatorName)}"
@@ -197,10 +197,8 @@ class ShapleyPruningCallback(Callback):
             raise ValueError(f"shots must be a positive integer, got {shots!r}")
         if not isinstance(held_out, int) or held_out < 0:
             raise ValueError(f"held_out must be a non-negative integer, got {held_out!r}")
-        if ablation is not None and ablation not in get_args(AblationName):
-            raise ValueError(
-                f"ablation={ablation!r} is invalid; use one of {get_args(AblationName)}"
-            )
+        if ablation is not None:
+            check_choice("ablation", ablation, ABLATIONS)
         resolve_compensation(compensation, ablation or "zero")  # validates it
         if metric is not None:
             value_function(metric)  # validates the metric

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from lightning_shapley.modes import evaluating
+from lightning_shapley.options import METRICS
 
 __all__ = [
     "BUILT_IN",
@@ -40,7 +41,7 @@ __all__ = [
 
 MetricLike = str | Metric | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-BUILT_IN = ("cross_entropy", "accuracy", "mse", "bce", "auto", "kl", "logit_mse")
+BUILT_IN = METRICS
 LABEL_FREE = ("kl", "logit_mse")
 
 

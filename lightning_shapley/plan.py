@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lightning_shapley.names import valid_names
+from lightning_shapley.options import SCOPES, check_choice
 
-__all__ = ["NORMALIZATIONS", "SCOPES", "PruningPlan", "make_plan"]
-
-SCOPES = ("layer", "global")
+__all__ = ["NORMALIZATIONS", "PruningPlan", "make_plan"]
 NORMALIZATIONS = ("mean", "max", "none")
 
 
@@ -119,8 +118,7 @@ def make_plan(
         >>> plan.removed, plan.achieved_ratio
         ({'conv': [0, 1]}, 0.5)
     """
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
+    check_choice("scope", scope, SCOPES)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize={normalize!r} is invalid; use one of {NORMALIZATIONS}")
     if not isinstance(min_channels, int) or min_channels < 1:

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from lightning_shapley.compensation import COMPENSATIONS
 from lightning_shapley.criteria import CRITERIA
 from lightning_shapley.criteria.game_based import ESTIMATORS
+from lightning_shapley.options import ABLATIONS, COMPENSATIONS, COSTS, SCHEDULES, SCOPES
 
 __all__ = [
     "DataSpec",
@@ -125,12 +125,12 @@ class Recipe:
 CHOICES = {
     "data.dataset": DATASETS,
     "model.architecture": ARCHITECTURES,
-    "pruning.scope": ("layer", "global"),
-    "pruning.schedule": ("one_shot", "layer_by_layer"),
+    "pruning.scope": SCOPES,
+    "pruning.schedule": SCHEDULES,
     "pruning.estimator": tuple(ESTIMATORS),
-    "pruning.ablation": ("zero", "mean"),
-    "pruning.compensation": ("auto", *COMPENSATIONS),
-    "pruning.cost": ("channels", "params", "macs"),
+    "pruning.ablation": ABLATIONS,
+    "pruning.compensation": COMPENSATIONS,
+    "pruning.cost": COSTS,
     "pruning.criteria": tuple(CRITERIA),
 }
 
