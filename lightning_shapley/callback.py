@@ -27,13 +27,13 @@ from lightning_shapley.calibration import (
     draw_few_shot,
     split_per_class,
 )
-from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import CRITERION_OPTIONS, Criterion, make_criterion
 from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import first_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.options import (
     ABLATIONS,
+    COMPENSATIONS,
     PRUNE_ON,
     SCHEDULES,
     SCOPES,
@@ -199,7 +199,7 @@ class ShapleyPruningCallback(Callback):
             raise ValueError(f"held_out must be a non-negative integer, got {held_out!r}")
         if ablation is not None:
             check_choice("ablation", ablation, ABLATIONS)
-        resolve_compensation(compensation, ablation or "zero")  # validates it
+        check_choice("compensation", compensation, COMPENSATIONS)
         if metric is not None:
             value_function(metric)  # validates the metric
         if batch_to_xy is not None and not callable(batch_to_xy):
@@ -430,9 +430,7 @@ class ShapleyPruningCallback(Callback):
             criterion,
             scope=self.scope,
             schedule=self.schedule,
-            compensation=resolve_compensation(
-                self.compensation, getattr(criterion, "ablation", None) or "zero"
-            ),
+            compensation=self.compensation,
             original_channels=self.original_channels,
             min_channels=self.min_channels,
             round_to=self.round_to,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import Criterion
 from lightning_shapley.criteria.base import GameWrapper
 from lightning_shapley.metrics import reference_logits
@@ -55,10 +56,12 @@ class PruningSession:
         scope: ``"layer"`` (each layer loses the share) or ``"global"`` (one ranking).
         schedule: ``"layer_by_layer"`` or ``"one_shot"``.
         compensation: What the pruned consumers get back (see
-            :func:`~lightning_shapley.prune.prune`).
+            :func:`~lightning_shapley.prune.prune`); ``"auto"`` resolves against the
+            criterion's ablation.
         original_channels: Channels of each layer before any session (filled in as layers are
             first seen), against which ``target`` is counted.
-        min_channels, round_to: As :func:`~lightning_shapley.plan.make_plan`.
+        min_channels, round_to, cost: As :func:`~lightning_shapley.plan.make_plan` (``cost``:
+            what one channel of each layer costs, for a global budget of parameters or MACs).
         shard: Wraps every game the criterion plays (progress, stop checks, sharing across
             processes).
         decide: Makes one decision of a plan's removals (e.g. a broadcast from rank 0).
@@ -73,6 +76,7 @@ class PruningSession:
     original_channels: dict[str, int] = field(default_factory=dict)
     min_channels: int = 1
     round_to: int | None = None
+    cost: dict[str, float] | None = None
     shard: GameWrapper | None = None
     decide: Callable[[dict[str, list[int]]], dict[str, list[int]]] | None = None
     stop: Callable[[], None] | None = None
@@ -99,6 +103,8 @@ class PruningSession:
         reference = reference_logits(model, inputs)
         scoring_targets = reference if self.criterion.label_free else targets
         one_step = self.schedule == "one_shot" or self.scope == "global"
+        ablation = getattr(self.criterion, "ablation", None) or "zero"
+        compensation = resolve_compensation(self.compensation, ablation)
         steps = [layers] if one_step else [[layer] for layer in layers]
         snapshot = Snapshot(model)  # the same objects: optimizers keep working after a rollback
         backup = None if one_step else copy.deepcopy(model)  # what layer-by-layer refits toward
@@ -127,7 +133,7 @@ class PruningSession:
                 plan = self._plan(scores.values, ratio)
                 removed = plan.removed if self.decide is None else self.decide(plan.removed)
                 plan = dataclasses.replace(plan, removed=removed)  # scores kept for rounding
-                report = prune(model, plan, inputs, compensation=self.compensation,
+                report = prune(model, plan, inputs, compensation=compensation,
                                reference=backup,
                                count_macs=False)  # fmt: skip
                 result.history += report.history
@@ -157,4 +163,5 @@ class PruningSession:
     ) -> PruningPlan:
         normalize = "none" if getattr(self.criterion, "scope", "layer") == "network" else "mean"
         return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
-                         min_channels=self.min_channels, round_to=self.round_to)  # fmt: skip
+                         min_channels=self.min_channels, round_to=self.round_to,
+                         cost=self.cost)  # fmt: skip

@@ -17,21 +17,18 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from lightning_shapley.calibration import few_shot_indices
-from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import (
     Criterion,
     EliminationCriterion,
     ShapleyCriterion,
     criterion_by_name,
 )
-from lightning_shapley.metrics import reference_logits
 from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
-from lightning_shapley.plan import make_plan
-from lightning_shapley.prune import prune
 from lightning_shapley.pruning import channel_costs, count_params_and_macs, prunable_layer_names
 from lightning_shapley.recipes.data import RecipeData, load_data, targets_of
 from lightning_shapley.recipes.report import write_report
 from lightning_shapley.recipes.schema import ModelSpec, Recipe, import_class
+from lightning_shapley.session import PruningSession
 from lightning_shapley.training import evaluate, train
 
 __all__ = ["build_model", "run_recipe"]
@@ -145,12 +142,7 @@ def run_recipe(recipe: Recipe, output: str | Path | None = None, *, progress: bo
 def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed, instance, shots):
     p, ft = recipe.pruning, recipe.fine_tune
     criterion = _criterion(name, recipe)
-    normalize = "none" if getattr(criterion, "scope", "layer") == "network" else "mean"
-    device = recipe.device
-    inputs = calib[0].to(device)
-    # a label-free value compares with the unpruned model's outputs, however far pruning has gone
-    targets = reference_logits(model, inputs) if criterion.label_free else calib[1].to(device)
-    compensation = resolve_compensation(p.compensation, p.ablation)
+    inputs, labels = calib[0].to(recipe.device), calib[1].to(recipe.device)
     cost = None
     if p.scope == "global" and p.cost != "channels":
         cost = channel_costs(model, layers, inputs[:1], p.cost)
@@ -158,20 +150,10 @@ def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed
     rows = []
     for ratio in p.ratios:
         pruned = copy.deepcopy(model)
+        session = PruningSession(criterion, scope=p.scope, schedule=p.schedule,
+                                 compensation=p.compensation, cost=cost)  # fmt: skip
         began = time.perf_counter()
-        if p.schedule == "one_shot":
-            scores = criterion.score(model, layers, (inputs, targets), seed=seed, cut=ratio)
-            plan = make_plan(scores.values, ratio, scope=p.scope, normalize=normalize, cost=cost)
-            prune(pruned, plan, inputs, compensation=compensation, count_macs=False)
-            evaluations = scores.n_evals
-        else:  # layer by layer, first to last, each scored on the partly pruned model
-            evaluations = 0
-            for layer in layers:
-                scores = criterion.score(pruned, [layer], (inputs, targets), seed=seed, cut=ratio)
-                evaluations += scores.n_evals
-                plan = make_plan(scores.values, ratio)
-                prune(pruned, plan, inputs, compensation=compensation, reference=model,
-                      count_macs=False)  # fmt: skip
+        result = session.run(pruned, layers, inputs, labels, ratio, seed=seed)
         seconds = time.perf_counter() - began
         params, macs = count_params_and_macs(pruned, inputs[:1])
         done = 0
@@ -183,5 +165,5 @@ def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed
             accuracy, loss = evaluate(pruned, test)
             rows.append(dict(base, ratio=ratio, fine_tune_epochs=epochs, accuracy=accuracy,
                              loss=loss, params=params, macs=macs, seconds=seconds,
-                             evaluations=evaluations))  # fmt: skip
+                             evaluations=result.n_evals))  # fmt: skip
     return rows
