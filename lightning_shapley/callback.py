@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_shapley.calibration import as_calibration_tensors, draw_few_shot
 from lightning_shapley.compensation import resolve_compensation
 from lightning_shapley.criteria import (
+    DEFAULT_CRITERION,
     Criterion,
     EliminationCriterion,
     ShapleyCriterion,
@@ -68,9 +69,9 @@ class ShapleyPruningCallback(Callback):
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
             the partly pruned model, as Ancona et al. do; it kept the most accuracy in the
             committed comparisons) or ``"one_shot"`` (every layer scored on the unpruned model).
-        criterion: ``"greedy"`` (default: backward elimination on the game of the kept set,
-            see :class:`~lightning_shapley.criteria.EliminationCriterion`; it kept the most
-            accuracy in ``benchmarks/results/pruning_quality.md``), ``"shapley"`` (Shapley
+        criterion: ``"bandit_shapley"`` (default: Shapley values by the bandit sampler, see
+            :class:`~lightning_shapley.criteria.BanditShapleyCriterion`), ``"greedy"``
+            (backward elimination on the game of the kept set), ``"shapley"`` (Shapley
             values from ``estimator``), any name of
             :data:`~lightning_shapley.criteria.CRITERIA`, or a ``Criterion``.
         estimator: Estimator of the ``"shapley"`` criterion, by name.
@@ -111,7 +112,7 @@ class ShapleyPruningCallback(Callback):
         epochs: int | Sequence[int] | Callable[[int], bool] = 0,
         scope: str = "layer",
         schedule: str = "layer_by_layer",
-        criterion: str | Criterion = "greedy",
+        criterion: str | Criterion = DEFAULT_CRITERION,
         estimator: str = "permutation",
         budget: int = 1024,
         shots: int = 10,

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from lightning_shapley.criteria.bandit import BanditShapleyCriterion, stop_after
 from lightning_shapley.criteria.base import ChannelScores, Criterion
 from lightning_shapley.criteria.classic import (
     ActivationCriterion,
@@ -25,9 +26,11 @@ from lightning_shapley.criteria.pruning_aware import (
 
 __all__ = [
     "CRITERIA",
+    "DEFAULT_CRITERION",
     "ESTIMATORS",
     "ActivationCriterion",
     "AnconaShapley",
+    "BanditShapleyCriterion",
     "ChannelScores",
     "Criterion",
     "EliminationCriterion",
@@ -38,9 +41,15 @@ __all__ = [
     "ShapleyCriterion",
     "criterion_by_name",
     "estimator_by_name",
+    "stop_after",
 ]
 
+DEFAULT_CRITERION = "bandit_shapley"
+"""The criterion the callback and the recipes use unless told otherwise: channel Shapley values
+estimated by the bandit sampler at the cut (see :class:`BanditShapleyCriterion`)."""
+
 CRITERIA = {
+    "bandit_shapley": BanditShapleyCriterion,
     "shapley": lambda: ShapleyCriterion("permutation"),
     "shapley_network": lambda: ShapleyCriterion("permutation", scope="network"),
     "ancona_shapley": AnconaShapley,

@@ -18,6 +18,7 @@ from lightning_shapley.games.masking import (
     linear_imputations,
 )
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
+from lightning_shapley.games.surrogate import QuadraticGame, fisher_gram
 from lightning_shapley.metrics import MetricLike, first_logits, reference_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import (
@@ -140,6 +141,13 @@ class ChannelGame:
     def example_input(self) -> torch.Tensor:
         """``[1, ...]`` one calibration input."""
         return self._batches[0][:1]
+
+    def surrogate(self, *, seed: int = 0) -> QuadraticGame:
+        """The game's second-order stand-in, with exact Shapley values (see
+        :mod:`~lightning_shapley.games.surrogate`); it models zero ablation."""
+        consumers = {name: mask.consumer for name, mask in self._masks.items()}
+        gram = fisher_gram(self.model, consumers, self._batches, self.n_players, seed=seed)
+        return QuadraticGame(gram)
 
     # -- evaluation ---------------------------------------------------------------------------
 
