@@ -102,3 +102,19 @@ def test_restricted_game_can_fix_players_in():
     assert sub(torch.tensor([[True, False], [False, False]])).tolist() == [3.0, 2.0]
     with pytest.raises(ValueError, match="present"):
         RestrictedGame(game, torch.tensor([0]), present=torch.ones(3, dtype=torch.bool))
+
+
+def test_refine_limit_searches_only_the_players_nearest_the_cut():
+    from lightning_shapley.criteria.bandit import _refined
+    from lightning_shapley.estimators.cut import cut_estimate
+
+    values = torch.tensor([0.0, 5.0, 1.0, 1.1, 1.2, 9.0], dtype=torch.float64)
+    radius = torch.tensor([0.1, 9.0, 5.0, 5.0, 5.0, 0.1], dtype=torch.float64)
+    result = cut_estimate(values, radius, radius, 3, 10, 0.95, torch.ones(6))
+    game = PairwiseGame(torch.tensor([0.0, 0.05, 1.0, 1.1, 0.1, 9.0]))
+    everyone, _ = _refined(game, result)
+    nearest, _ = _refined(game, result, limit=3)  # player 1 lies far from the cut: kept
+    assert set(torch.argsort(everyone)[:3].tolist()) == {0, 1, 4}
+    assert set(torch.argsort(nearest)[:3].tolist()) == {0, 4, 2}
+    with pytest.raises(ValueError, match="refine_limit"):
+        BanditShapleyCriterion(refine_limit=0)
