@@ -154,6 +154,7 @@ def criteria() -> dict[str, Callable[[], Criterion]]:
         "default without refine": lambda: BanditShapleyCriterion(refine=False),
         "default without screening": lambda: BanditShapleyCriterion(screen=None),
         "default without surrogate": lambda: BanditShapleyCriterion(surrogate=False),
+        "default, refinement limited to 1/8": lambda: BanditShapleyCriterion(refine_limit=0.125),
         "greedy": EliminationCriterion,
         "shapley (antithetic)": lambda: ShapleyCriterion("permutation"),
     }
@@ -218,8 +219,11 @@ def main() -> None:
                         help="models on which greedy and shapley also run")  # fmt: skip
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="calibration samples")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global SAMPLES  # one setting for the whole run
+    SAMPLES = args.samples
     pruner = os.environ.get("TORCHPRUNER")
     if pruner:
         sys.path.insert(0, pruner)
@@ -235,7 +239,8 @@ def main() -> None:
         for name, build in named.items():
             if args.criteria and name not in args.criteria:
                 continue
-            slow = name in ("greedy", "shapley (antithetic)") or name.startswith("default with")
+            slow = name in ("greedy", "shapley (antithetic)") or name.startswith("default,")
+            slow = slow or name.startswith("default with")
             if slow and key not in args.slow_on:
                 continue
             pruned, seconds, evaluations = prune_all(model, inputs, targets, build())

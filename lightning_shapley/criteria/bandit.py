@@ -137,7 +137,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         if not self.refine or self._stopped():
             return result.values, result.n_evals
         limit = n if self.refine_limit is None else max(2, math.ceil(self.refine_limit * n))
-        return _refined(shared, result, limit)
+        return _refined(shared, result, limit, self._stopped)
 
     def __repr__(self) -> str:
         return (
@@ -146,10 +146,16 @@ class BanditShapleyCriterion(ShapleyCriterion):
         )
 
 
-def _refined(game, result: CutEstimate, limit: int | None = None) -> tuple[torch.Tensor, int]:
+def _refined(
+    game,
+    result: CutEstimate,
+    limit: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, int]:
     """Scores whose lowest ``k`` are the settled-below players, then those a greedy kept-set
     search removes among the players in doubt (at most ``limit``, those nearest the boundary;
-    every other player fixed on the side its estimate puts it)."""
+    every other player fixed on the side its estimate puts it). A search stopped early leaves
+    the rest of the cut to the estimates."""
     below, doubt = result.settled_below, ~result.settled
     if limit is not None and int(doubt.sum()) > limit:
         distance = (result.values - result.boundary).abs()
@@ -162,7 +168,7 @@ def _refined(game, result: CutEstimate, limit: int | None = None) -> tuple[torch
         return result.values, result.n_evals
     players = torch.nonzero(doubt).flatten()
     subgame = RestrictedGame(game, players, present=~below & ~doubt)
-    search = backward_elimination(subgame, left)
+    search = backward_elimination(subgame, left, should_stop=should_stop)
     settled = torch.nonzero(below).flatten()
     settled = settled[torch.argsort(result.values[settled], stable=True)]
     order = torch.cat([settled, players[search.order]])

@@ -118,3 +118,23 @@ def test_refine_limit_searches_only_the_players_nearest_the_cut():
     assert set(torch.argsort(nearest)[:3].tolist()) == {0, 4, 2}
     with pytest.raises(ValueError, match="refine_limit"):
         BanditShapleyCriterion(refine_limit=0)
+
+
+def test_a_stop_during_the_search_keeps_the_removals_so_far():
+    from lightning_shapley.criteria.bandit import _refined
+    from lightning_shapley.estimators.cut import cut_estimate
+
+    values = torch.tensor([0.0, 5.0, 1.0, 1.1, 1.2, 9.0], dtype=torch.float64)
+    radius = torch.tensor([0.1, 0.1, 5.0, 5.0, 5.0, 0.1], dtype=torch.float64)
+    result = cut_estimate(values, radius, radius, 3, 10, 0.95, torch.ones(6))
+    game = PairwiseGame(torch.tensor([0.0, 5.0, 1.0, 1.1, 0.1, 9.0]))
+    calls = []
+
+    def stop():  # one removal, then stop
+        calls.append(1)
+        return len(calls) > 1
+
+    scores, _ = _refined(game, result, should_stop=stop)
+    # the search removed player 4; the third place goes to the lowest estimate left, player 2
+    assert torch.argsort(scores)[:3].tolist() == [0, 4, 2]
+    assert len(calls) == 2
