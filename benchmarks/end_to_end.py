@@ -212,6 +212,7 @@ def accuracy(model: nn.Module, test: tuple | None) -> float | None:
 
 
 def main() -> None:
+    global SAMPLES  # one setting for the whole run
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--criteria", nargs="+", default=None, help="a subset, by name")
@@ -222,7 +223,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=SAMPLES, help="calibration samples")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global SAMPLES  # one setting for the whole run
     SAMPLES = args.samples
     pruner = os.environ.get("TORCHPRUNER")
     if pruner:
