@@ -11,6 +11,10 @@ four ways and timed side by side, layer after layer:
   coalition, the anchor to beat);
 * ``stacked``: ``strategy="suffix", chunk_size=16`` (the dependent part on 16 coalitions at once).
 
+All four play the zero-ablation game, the only one the default criterion evaluates; its other
+cost per layer, the surrogate (``ChannelGame.surrogate``: one forward and a backward per class),
+is timed once per layer and reported in seconds and in ``ours`` evaluations.
+
 Each way is warmed up with one call on 8 fixed coalitions, which also checks that the four ways
 agree; ``ours`` gets a few more warm-up calls so that its chunk tuner settles. Then random
 coalitions (each player kept with probability 0.5) are evaluated in calls of up to 64, round-robin
@@ -114,6 +118,7 @@ class Row:
     ours_chunk: int | None
     stacked_chunk: int | None
     ours_build_s: float
+    surrogate_s: float
     linear_consumers: bool
     last_stage: bool
     rates: dict[str, float] = field(default_factory=dict)
@@ -133,6 +138,7 @@ class Row:
             "ours_chunk_size": "" if self.ours_chunk is None else self.ours_chunk,
             "stacked_chunk_size": "" if self.stacked_chunk is None else self.stacked_chunk,
             "ours_build_s": f"{self.ours_build_s:.3f}",
+            "surrogate_s": f"{self.surrogate_s:.3f}",
             "first_consumers_linear": self.linear_consumers,
             "last_stage": self.last_stage,
             **{f"evals_per_s_{way.name}": f"{self.rates[way.name]:.4g}" for way in WAYS},
@@ -309,6 +315,9 @@ def measure_layer(
                 timing.step()
     phases["timed"] = time.perf_counter() - began
     ours = games["ours"]
+    began = time.perf_counter()
+    ours.surrogate()  # the default criterion's only other cost per layer (zero ablation)
+    surrogate_s = time.perf_counter() - began
     consumers = [bench.model.get_submodule(c.name) for c in ours.groups[0].consumers]
     return Row(
         model=bench.name,
@@ -318,6 +327,7 @@ def measure_layer(
         ours_chunk=ours._tuner.size,
         stacked_chunk=games["stacked"]._tuner.size,
         ours_build_s=built["ours"][1],
+        surrogate_s=surrogate_s,
         linear_consumers=all(isinstance(c, nn.Linear) for c in consumers),
         last_stage=last_stage,
         rates={t.way.name: t.rate for t in timings},
@@ -418,10 +428,11 @@ def layer_kind(row: Row) -> str:
 
 
 TABLE_HEADER = (
-    "| layer | players | kind | factorized | ours chunk | ours build s | ours evals/s "
+    "| layer | players | kind | factorized | ours chunk | ours build s | surrogate s (evals) "
+    "| ours evals/s "
     "| naive evals/s | suffix loop evals/s | stacked evals/s (chunk) | ours/suffix loop "
     "| ours/naive | stacked/suffix loop | max diff |\n"
-    "|---|--:|---|:-:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    "|---|--:|---|:-:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 )
 
 
@@ -434,6 +445,7 @@ def table_line(row: Row) -> str:
         "yes" if row.factorized else "no",
         fmt_chunk(row.ours_chunk, row.call_sizes["ours"]),
         f"{row.ours_build_s:.2f}",
+        f"{row.surrogate_s:.2f} ({row.surrogate_s * r['ours']:,.0f})",
         fmt_rate(r["ours"]),
         fmt_rate(r["naive"]),
         fmt_rate(r["suffix_loop"]),

@@ -6,7 +6,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -27,7 +27,12 @@ from lightning_shapley.calibration import (
     draw_few_shot,
     split_per_class,
 )
-from lightning_shapley.criteria import CRITERION_OPTIONS, Criterion, make_criterion
+from lightning_shapley.criteria import (
+    CRITERION_OPTIONS,
+    DEFAULT_CRITERION,
+    Criterion,
+    make_criterion,
+)
 from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import first_logits, value_function
 from lightning_shapley.modes import evaluating
@@ -39,6 +44,8 @@ from lightning_shapley.options import (
     SCOPES,
     Ablation,
     Compensation,
+    CriterionName,
+    EstimatorName,
     MetricName,
     PruneOn,
     Schedule,
@@ -59,12 +66,6 @@ from lightning_shapley.session import PruningSession
 
 __all__ = ["ShapleyPruningCallback", "load_pruned_checkpoint", "restore_pruning"]
 
-CriterionName = Literal[
-    "greedy", "shapley", "shapley_network", "ancona_shapley", "greedy_refit", "beam",
-    "iterated_shapley", "cut_shapley", "loo", "random", "l1", "l2", "bn_scale", "taylor",
-    "grad_input", "integrated_gradients", "deeplift", "apoz", "activation_mean",
-]  # fmt: skip
-EstimatorName = Literal["exact", "permutation", "loo", "dasp", "bandit", "tmab", "cut_permutation"]
 CHECKPOINT_KEY = "lightning_shapley"
 
 
@@ -96,8 +97,9 @@ class ShapleyPruningCallback(Callback):
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
             the partly pruned model, as Ancona et al. do) or ``"one_shot"`` (every layer scored
             on the unpruned model).
-        criterion: ``"greedy"`` (default: backward elimination on the game of the kept set,
-            see :class:`~lightning_shapley.criteria.EliminationCriterion`), ``"shapley"``
+        criterion: ``"bandit_shapley"`` (default: channel Shapley values by the bandit sampler
+            at the cut, see :class:`~lightning_shapley.criteria.BanditShapleyCriterion`),
+            ``"greedy"`` (backward elimination on the game of the kept set), ``"shapley"``
             (Shapley values from ``estimator``), any name of
             :data:`~lightning_shapley.criteria.CRITERIA`, a ``Criterion``, or a torch-pruning
             importance (``tp.importance.MagnitudeImportance(p=1)``, ...).
@@ -151,7 +153,7 @@ class ShapleyPruningCallback(Callback):
         prune_on: PruneOn = "train_epoch_end",
         scope: Scope = "layer",
         schedule: Schedule = "layer_by_layer",
-        criterion: CriterionName | Criterion | Callable[..., torch.Tensor] = "greedy",
+        criterion: CriterionName | Criterion | Callable[..., torch.Tensor] = DEFAULT_CRITERION,
         estimator: EstimatorName | None = None,
         budget: int | None = None,
         shots: int = 10,
@@ -185,10 +187,8 @@ class ShapleyPruningCallback(Callback):
         check_choice("prune_on", prune_on, PRUNE_ON)
         check_choice("scope", scope, SCOPES)
         check_choice("schedule", schedule, SCHEDULES)
-        if estimator is not None and estimator not in get_args(EstimatorName):
-            raise ValueError(
-                f"estimator={estimator!r} is unknown; use one of {get_args(EstimatorName)}"
-            )
+        if estimator is not None:
+            check_choice("estimator", estimator, get_args(EstimatorName))
         if budget is not None and (not isinstance(budget, int) or budget < 1):
             raise ValueError(
                 f"budget must be a positive number of game evaluations, got {budget!r}"

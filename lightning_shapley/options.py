@@ -30,6 +30,8 @@ __all__ = [
     "Ablation",
     "Compensation",
     "Cost",
+    "CriterionName",
+    "EstimatorName",
     "MetricName",
     "PruneOn",
     "Schedule",
@@ -37,6 +39,14 @@ __all__ = [
     "check_choice",
 ]
 
+CriterionName = Literal[
+    "bandit_shapley", "greedy", "shapley", "shapley_network", "ancona_shapley", "greedy_refit",
+    "beam", "iterated_shapley", "cut_shapley", "loo", "random", "l1", "l2", "bn_scale", "taylor",
+    "grad_input", "integrated_gradients", "deeplift", "apoz", "activation_mean",
+]  # fmt: skip
+"""The criteria by name (:data:`lightning_shapley.criteria.CRITERIA`)."""
+EstimatorName = Literal["exact", "permutation", "loo", "dasp", "bandit", "tmab", "cut_permutation"]
+"""The Shapley estimators by name (:data:`lightning_shapley.criteria.game_based.ESTIMATORS`)."""
 Scope = Literal["layer", "global"]
 """``"layer"``: every layer loses the ratio; ``"global"``: one ranking over all layers."""
 Schedule = Literal["layer_by_layer", "one_shot"]

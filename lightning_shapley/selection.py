@@ -22,6 +22,7 @@ pruning plan cuts at the same place.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +109,7 @@ def backward_elimination(
     groups: torch.Tensor | None = None,
     costs: torch.Tensor | None = None,
     budget: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Elimination:
     """Remove ``k`` players one at a time, each time the one whose loss hurts the kept set least.
 
@@ -124,6 +126,7 @@ def backward_elimination(
             group).
         costs: ``[n]`` positive cost of each player.
         budget: Cost to remove (needs ``costs`` and ``beam=1``).
+        should_stop: Called before each removal; True ends the search with the removals so far.
 
     Returns:
         The removal order of the best final kept set, its values along the way, each player's
@@ -157,6 +160,8 @@ def backward_elimination(
     n_evals = 1
     for _ in range(k):
         if budget is not None and float(costs[states[0].order].sum()) >= budget:
+            break
+        if should_stop is not None and should_stop():
             break
         n_evals += _measure_until_settled(game, states, beam, width, groups, costs)
         states = _children(states, beam, groups, costs)

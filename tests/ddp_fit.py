@@ -38,7 +38,7 @@ def main(out: Path, devices: int) -> None:
         if isinstance(layer, torch.nn.BatchNorm2d):
             layer.momentum = 0.0
     train, val = digits_loaders(n_train=256, n_val=200)
-    callback = ShapleyPruningCallback(0.5, epochs=0, shots=5, verbose=False)
+    callback = ShapleyPruningCallback(0.5, epochs=0, criterion="greedy", shots=5, verbose=False)
     check = WrapCheck()
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",

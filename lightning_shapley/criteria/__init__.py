@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from lightning_shapley.criteria.bandit import BanditShapleyCriterion, stop_after
 from lightning_shapley.criteria.base import ChannelScores, Criterion
 from lightning_shapley.criteria.classic import (
     ActivationCriterion,
@@ -26,9 +27,11 @@ from lightning_shapley.metrics import MetricLike
 
 __all__ = [
     "CRITERIA",
+    "DEFAULT_CRITERION",
     "ESTIMATORS",
     "ActivationCriterion",
     "AnconaShapley",
+    "BanditShapleyCriterion",
     "ChannelScores",
     "Criterion",
     "EliminationCriterion",
@@ -40,9 +43,15 @@ __all__ = [
     "criterion_by_name",
     "estimator_by_name",
     "make_criterion",
+    "stop_after",
 ]
 
+DEFAULT_CRITERION = "bandit_shapley"
+"""The criterion the callback and the recipes use unless told otherwise: channel Shapley values
+estimated by the bandit sampler at the cut (see :class:`BanditShapleyCriterion`)."""
+
 CRITERIA = {
+    "bandit_shapley": BanditShapleyCriterion,
     "shapley": lambda: ShapleyCriterion("permutation"),
     "shapley_network": lambda: ShapleyCriterion("permutation", scope="network"),
     "ancona_shapley": AnconaShapley,
@@ -78,6 +87,7 @@ def criterion_by_name(name: str) -> Criterion:
 
 
 CRITERION_OPTIONS = {
+    "bandit_shapley": ("scope", "metric"),
     "shapley": ("estimator", "budget", "scope", "metric", "ablation"),
     "cut_shapley": ("budget", "scope", "metric", "ablation"),
     "loo": ("scope", "metric", "ablation"),
@@ -128,6 +138,8 @@ def make_criterion(
         return base
     if name == "ancona_shapley":
         return AnconaShapley(**given)
+    if name == "bandit_shapley":
+        return BanditShapleyCriterion(**given)
     if isinstance(base, EliminationCriterion):
         defaults = {"beam": base.beam, "scope": base.scope, "metric": base.metric,
                     "ablation": base.ablation}  # fmt: skip

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["RunningMoments", "student_t_quantile"]
+__all__ = ["PairedMoments", "RunningMoments", "student_t_quantile"]
 
 
 class RunningMoments:
@@ -77,3 +77,60 @@ def student_t_quantile(p: float, dof: torch.Tensor) -> torch.Tensor:
     t = torch.where(nu == 1, torch.full_like(nu, math.tan(math.pi * (p - 0.5))), t)
     t = torch.where(nu == 2, torch.full_like(nu, (2 * p - 1) / math.sqrt(2 * p * (1 - p))), t)
     return torch.where(nu < 1, torch.full_like(nu, math.inf), t)
+
+
+class PairedMoments:
+    """Per-player moments of paired samples ``(d, h)``: a game's marginal contributions and a
+    control variate's on the same coalitions, for regression-adjusted means.
+
+    Example:
+        >>> moments = PairedMoments(1)
+        >>> moments.update(torch.tensor([0, 0, 0]), torch.tensor([1.0, 3.0, 5.0]),
+        ...                torch.tensor([0.0, 1.0, 2.0]))
+        >>> moments.coefficient(), moments.residual_mean(2.0).tolist()
+        (2.0, [1.0])
+    """
+
+    def __init__(self, n_players: int) -> None:
+        self.count = torch.zeros(n_players, dtype=torch.float64)
+        self.mean_d = torch.zeros(n_players, dtype=torch.float64)
+        self.mean_h = torch.zeros(n_players, dtype=torch.float64)
+        self._dd = torch.zeros(n_players, dtype=torch.float64)
+        self._hh = torch.zeros(n_players, dtype=torch.float64)
+        self._dh = torch.zeros(n_players, dtype=torch.float64)
+
+    def update(self, players: torch.Tensor, d: torch.Tensor, h: torch.Tensor) -> None:
+        """Add samples ``d`` and ``h`` ``[m]`` of ``players`` ``[m]`` (Chan et al.'s merge)."""
+        d, h, n = d.double(), h.double(), len(self.count)
+
+        def per_player(values: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(n, dtype=torch.float64).index_add_(0, players, values)
+
+        count = per_player(torch.ones_like(d))
+        mean_d, mean_h = per_player(d) / count.clamp_min(1), per_player(h) / count.clamp_min(1)
+        cd, ch = d - mean_d[players], h - mean_h[players]
+        merged = self.count + count
+        delta_d, delta_h = mean_d - self.mean_d, mean_h - self.mean_h
+        weight = self.count * count / merged.clamp_min(1)
+        self._dd += per_player(cd * cd) + delta_d * delta_d * weight
+        self._hh += per_player(ch * ch) + delta_h * delta_h * weight
+        self._dh += per_player(cd * ch) + delta_d * delta_h * weight
+        self.mean_d += delta_d * count / merged.clamp_min(1)
+        self.mean_h += delta_h * count / merged.clamp_min(1)
+        self.count = merged
+
+    def coefficient(self) -> float:
+        """The control's coefficient ``c`` that minimizes the residual variance, pooled over
+        players (within each player's samples); 1 before there is any spread."""
+        hh = float(self._hh.sum())
+        return float(self._dh.sum()) / hh if hh > 0 else 1.0
+
+    def residual_mean(self, c: float) -> torch.Tensor:
+        """``[n]`` mean of ``d − c·h``."""
+        return self.mean_d - c * self.mean_h
+
+    def residual_variance(self, c: float) -> torch.Tensor:
+        """``[n]`` unbiased variance of ``d − c·h``; ``inf`` below two samples."""
+        m2 = (self._dd - 2 * c * self._dh + c * c * self._hh).clamp_min(0)
+        variance = m2 / (self.count - 1).clamp_min(1)
+        return torch.where(self.count >= 2, variance, torch.full_like(variance, math.inf))

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from lightning_shapley.estimators._running import RunningMoments, student_t_quantile
+from lightning_shapley.estimators._running import (
+    PairedMoments,
+    RunningMoments,
+    student_t_quantile,
+)
 from lightning_shapley.estimators.base import Estimator
 from lightning_shapley.estimators.cut import (
     CutEstimate,
@@ -16,6 +21,7 @@ from lightning_shapley.estimators.cut import (
     resolve_cut,
 )
 from lightning_shapley.games.base import Game
+from lightning_shapley.games.surrogate import QuadraticGame
 
 __all__ = ["BanditShapley"]
 
@@ -70,6 +76,10 @@ class BanditShapley(Estimator):
             base is drawn independently and a sample is one flip.
         exact_border: Evaluate the border strata exactly up front and sample only the
             interior sizes.
+        screen: With a control game (see :meth:`estimate`): sample at first only this share
+            of the players, those the control's Shapley values put nearest the cut; a player
+            screened out joins them once its estimate lies within the surrogate's measured
+            error of the boundary. ``None``: sample every player.
         max_batch: Most coalitions per call to the game.
 
     Example:
@@ -88,6 +98,7 @@ class BanditShapley(Estimator):
         min_samples: int = 4,
         antithetic: bool = True,
         exact_border: bool = False,
+        screen: float | None = None,
         max_batch: int = 4096,
     ) -> None:
         self.cut = check_cut(cut)
@@ -98,7 +109,9 @@ class BanditShapley(Estimator):
         if max_batch < 4:
             raise ValueError(f"max_batch must be at least 4 coalitions, got {max_batch}")
         self.delta, self.min_samples, self.max_batch = delta, min_samples, max_batch
-        self.antithetic, self.exact_border = antithetic, exact_border
+        if screen is not None and not 0.0 < screen <= 1.0:
+            raise ValueError(f"screen must be a share in (0, 1] or None, got {screen!r}")
+        self.antithetic, self.exact_border, self.screen = antithetic, exact_border, screen
 
     def min_budget(self, n_players: int) -> int:
         """A base (and its complement) with every player flipped, or the border strata."""
@@ -106,12 +119,37 @@ class BanditShapley(Estimator):
             return 2 * n_players + 2
         return (2 if self.antithetic else 1) * (n_players + 1)
 
-    def estimate(self, game: Game, budget: int | None = None, *, seed: int = 0) -> CutEstimate:
-        """Sample until every player is settled or ``budget`` evaluations are spent."""
+    def estimate(
+        self,
+        game: Game,
+        budget: int | None = None,
+        *,
+        seed: int = 0,
+        control: QuadraticGame | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> CutEstimate:
+        """Sample until every player is settled, ``budget`` evaluations are spent or
+        ``should_stop()`` says so (checked between rounds; the estimate so far is returned).
+
+        Args:
+            game: The game.
+            budget: Most game evaluations.
+            seed: Seed of the coalitions drawn.
+            control: A cheap game with exact Shapley values that resembles ``game`` (see
+                :class:`~lightning_shapley.games.surrogate.QuadraticGame`): each sample
+                becomes ``Δv − c·Δv̂`` on the same coalitions, ``c`` fitted to the samples so
+                far (regression-adjusted Monte Carlo), and ``c·φ̂`` is added back. With
+                ``screen``, it also decides which players are sampled at all.
+            should_stop: Called between rounds; True ends the sampling.
+        """
         n = self._check_game(game)
         k = resolve_cut(self.cut, n)
         if budget is None:
             raise ValueError("BanditShapley needs a budget (game evaluations)")
+        if control is not None and (self.exact_border or control.n_players != n):
+            raise ValueError(
+                f"control must be a game of the same {n} players, and needs exact_border=False"
+            )
         unit = 2 if self.antithetic else 1
         self._check_budget(budget, self.min_budget(n), "BanditShapley")
         generator = torch.Generator().manual_seed(seed)
@@ -127,21 +165,24 @@ class BanditShapley(Estimator):
             exact_part, fallback = (top + bottom) / n, (top + bottom) / 2
         weight = (strata[1] - strata[0] + 1) / n  # share of the sampled sizes in φ
 
-        moments = RunningMoments(n)
+        moments = _Moments(n, control)
         sizes = _SizeCycle(strata[0], strata[1] + 1, generator)
-        doubt = torch.full((n,), weight > 0)
+        window = torch.ones(n, dtype=torch.bool)
+        if control is not None and self.screen is not None:
+            window = _near_cut(control.shapley_values, k, self.screen)
+        doubt = window & (weight > 0)
 
         def values() -> torch.Tensor:
-            return exact_part + weight * torch.where(moments.count > 0, moments.mean, fallback)
+            return exact_part + weight * moments.values(fallback)
 
         def radius() -> torch.Tensor:
             if weight == 0:
                 return torch.zeros(n, dtype=torch.float64)
             quantile = student_t_quantile(1 - self.delta / 2, moments.count - 1)
-            spread = (moments.variance / moments.count.clamp_min(1)).sqrt()
+            spread = (moments.variance() / moments.count.clamp_min(1)).sqrt()
             return torch.where(moments.count >= 2, weight * quantile * spread, math.inf)
 
-        while doubt.any():
+        while doubt.any() and not (should_stop is not None and should_stop()):
             per_base = unit * (1 + int(doubt.sum()))
             target = min(self.max_batch, max(per_base, math.ceil(ROUND_GROWTH * used)))
             bases = min(target, budget - used) // per_base
@@ -149,7 +190,7 @@ class BanditShapley(Estimator):
                 break
             base = _coalitions(sizes.take(bases), n, generator)
             players, samples, spent = _flips(
-                game, base, doubt, strata, self.antithetic, budget - used
+                game, base, doubt, strata, self.antithetic, budget - used, control
             )
             if spent == 0:
                 break
@@ -157,13 +198,72 @@ class BanditShapley(Estimator):
             moments.update(players, samples)
             estimate = values()
             distance = (estimate - boundary_value(estimate, k)).abs()
-            doubt = (distance <= radius()) | (moments.count < self.min_samples)
+            if not window.all():  # a screened player joins once the surrogate may be wrong
+                window |= distance <= moments.screening_margin(self.delta, self.min_samples)
+            doubt = window & ((distance <= radius()) | (moments.count < self.min_samples))
 
-        stderr = weight * (moments.variance / moments.count.clamp_min(1)).sqrt()
+        stderr = weight * (moments.variance() / moments.count.clamp_min(1)).sqrt()
         stderr = torch.where(moments.count >= 2, stderr, math.nan if weight > 0 else 0.0)
         return cut_estimate(
             values(), stderr, radius(), k, used, 1 - self.delta, moments.count.clone()
         )
+
+
+class _Moments:
+    """Each player's sampled marginal contributions, plain or regression-adjusted by a control
+    game with known Shapley values."""
+
+    def __init__(self, n: int, control: QuadraticGame | None) -> None:
+        self.control = control
+        self.plain = RunningMoments(n) if control is None else None
+        self.paired = PairedMoments(n) if control is not None else None
+
+    @property
+    def count(self) -> torch.Tensor:
+        return self.plain.count if self.paired is None else self.paired.count
+
+    def update(self, players: torch.Tensor, samples: torch.Tensor) -> None:
+        if self.paired is None:
+            self.plain.update(players, samples)
+        else:
+            self.paired.update(players, samples[:, 0], samples[:, 1])
+
+    def _coefficient(self) -> float:
+        return max(0.0, self.paired.coefficient())
+
+    def values(self, fallback: torch.Tensor) -> torch.Tensor:
+        """``[n]`` estimates; unsampled players get ``fallback``, or with a control its
+        ``c·φ̂`` plus the mean residual of the sampled players."""
+        if self.paired is None:
+            return torch.where(self.count > 0, self.plain.mean, fallback)
+        c, sampled = self._coefficient(), self.count > 0
+        residual = self.paired.residual_mean(c)
+        offset = residual[sampled].mean() if sampled.any() else torch.tensor(0.0)
+        return c * self.control.shapley_values + torch.where(sampled, residual, offset)
+
+    def variance(self) -> torch.Tensor:
+        if self.paired is None:
+            return self.plain.variance
+        return self.paired.residual_variance(self._coefficient())
+
+    def screening_margin(self, delta: float, min_samples: int) -> float:
+        """How far from the boundary an unsampled player must lie to stay screened out: the
+        spread of the surrogate's errors (the residual means) over the well-sampled players."""
+        known = self.count >= min_samples
+        if int(known.sum()) < 2:
+            return 0.0
+        spread = float(self.paired.residual_mean(self._coefficient())[known].std())
+        return float(torch.special.ndtri(torch.tensor(1 - delta / 2))) * spread
+
+
+def _near_cut(values: torch.Tensor, k: int, share: float) -> torch.Tensor:
+    """``[n]`` the ``share`` of players whose ``values`` rank nearest the cut at ``k``."""
+    n = len(values)
+    width = max(2, math.ceil(share * n))
+    low = max(0, min(n - width, k - width // 2))
+    window = torch.zeros(n, dtype=torch.bool)
+    window[torch.argsort(values, stable=True)[low : low + width]] = True
+    return window
 
 
 class _SizeCycle:
@@ -194,6 +294,7 @@ def _flips(
     strata: tuple[int, int],
     antithetic: bool,
     budget: int,
+    control: QuadraticGame | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Marginal contributions of the players in doubt, each flipped in the base coalitions.
 
@@ -210,9 +311,11 @@ def _flips(
         antithetic: Also flip in the complements ``N ∖ B`` and average the two flips (the
             complement puts the player at size ``n − 1 − s``, and the player is valid in both).
         budget: Most evaluations to spend; bases that do not fit are dropped whole.
+        control: A second game evaluated on the same coalitions (not counted).
 
     Returns:
-        ``(players [s], samples [s], evaluations)``.
+        ``(players [s], samples [s], evaluations)``; with ``control``, samples ``[s, 2]``
+        (the game's and the control's).
     """
     joined = base.sum(1, keepdim=True) - base.long()  # size of the coalition the player joins
     flipped = doubt & (joined >= strata[0]) & (joined <= strata[1])
@@ -227,9 +330,13 @@ def _flips(
     rows, players = torch.nonzero(flipped, as_tuple=True)
     flips = base[rows].clone()
     flips[torch.arange(len(rows)), players] ^= True
-    values = torch.as_tensor(game(torch.cat([base, flips]))).double()
+    coalitions = torch.cat([base, flips])
+    values = torch.as_tensor(game(coalitions)).double()
+    if control is not None:
+        values = torch.stack([values, control(coalitions)], dim=1)
     at_base, at_flip = values[: len(base)][rows], values[len(base) :]
-    marginal = torch.where(base[rows, players], at_base - at_flip, at_flip - at_base)
+    inside = base[rows, players].view(-1, *[1] * (values.dim() - 1))
+    marginal = torch.where(inside, at_base - at_flip, at_flip - at_base)
     spent = len(base) + len(flips)
     if not antithetic:
         return players, marginal, spent

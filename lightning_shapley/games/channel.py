@@ -18,6 +18,7 @@ from lightning_shapley.games.masking import (
     linear_imputations,
 )
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
+from lightning_shapley.games.surrogate import QuadraticGame, fisher_gram
 from lightning_shapley.metrics import MetricLike, first_logits, reference_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import (
@@ -140,6 +141,13 @@ class ChannelGame:
     def example_input(self) -> torch.Tensor:
         """``[1, ...]`` one calibration input."""
         return self._batches[0][:1]
+
+    def surrogate(self, *, seed: int = 0) -> QuadraticGame:
+        """The game's second-order stand-in, with exact Shapley values (see
+        :mod:`~lightning_shapley.games.surrogate`); it models zero ablation."""
+        consumers = {name: mask.consumer for name, mask in self._masks.items()}
+        gram = fisher_gram(self.model, consumers, self._batches, self.n_players, seed=seed)
+        return QuadraticGame(gram)
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -303,44 +311,54 @@ class ChannelGame:
 
 
 class _ChunkTuner:
-    """Chooses coalitions per forward: fixed, or by timing doubling sizes on real work.
+    """Chooses coalitions per forward: fixed, or by timing doubling sizes against one at a time.
 
-    Stacking coalitions into one batch is not free on a CPU (cache pressure), so ``"auto"``
-    times each size on at least two chunks and 5 ms (keeping the fastest chunk, to shrug off
-    noise), doubles the size
-    until the time per coalition is 10 % worse than the best seen or the memory bound is
-    reached, and keeps the best. All timed chunks are real work. Calls too small to fill the
-    trial size settle it at the best so far.
+    Stacking coalitions into one batch is not free on a CPU (cache pressure), and a busy machine
+    makes any single timing unreliable. So ``"auto"`` times each trial size interleaved with
+    one-coalition chunks in the same window (at least two chunks of each and 5 ms, keeping the
+    fastest of each to shrug off noise), doubles the size while its time per coalition stays
+    within 10 % of the best ratio seen, and keeps a chunk size only if it beat one coalition at a
+    time by ``MARGIN``; otherwise it keeps one at a time. All timed chunks are real work. Calls
+    too small to fill the trial size settle it at the best so far.
     """
 
     TRIES = 2
     MIN_SECONDS = 0.005  # a trial size is timed until both: sub-millisecond chunks are noise
+    MARGIN = 0.9  # a chunk size must cost at most this share of one coalition at a time
 
     def __init__(self, chunk_size: int | str, max_chunk: int) -> None:
         self.max_chunk = max_chunk
         self.size = min(chunk_size, max_chunk) if isinstance(chunk_size, int) else None
-        self._trial, self._times, self._short = 1, [], 0
-        self._best, self._best_time = 1, float("inf")
+        if self.size is None and max_chunk < 2:
+            self.size = 1
+        self._trial, self._times, self._ones, self._short = 2, [], [], 0
+        self._best, self._best_ratio, self._asked = 1, 1.0, 1
 
     def next_size(self) -> int:
-        return self.size if self.size is not None else self._trial
+        if self.size is not None:
+            return self.size
+        # alternate: trial size, then one coalition, so both see the same load
+        self._asked = 1 if len(self._ones) < len(self._times) else self._trial
+        return self._asked
 
     def record(self, size: int, seconds: float) -> None:
         if self.size is not None:
             return
-        if size < self._trial:  # the call ran out of coalitions before the trial size
+        if size < self._asked:  # the call ran out of coalitions before the asked size
             self._short += 1
             if self._short >= 3:
                 self.size = self._best
             return
-        self._times.append(seconds / size)
-        if len(self._times) < self.TRIES or sum(self._times) * size < self.MIN_SECONDS:
+        (self._ones if self._asked == 1 else self._times).append(seconds / size)
+        enough = min(len(self._times), len(self._ones)) >= self.TRIES
+        if not enough or sum(self._times) * self._trial < self.MIN_SECONDS:
             return
-        per_coalition, self._times = min(self._times), []
-        if per_coalition < self._best_time:
-            self._best, self._best_time = size, per_coalition
-        if per_coalition <= 1.1 * self._best_time and size * 2 <= self.max_chunk:
-            self._trial = size * 2
+        ratio = min(self._times) / min(self._ones)
+        self._times, self._ones = [], []
+        if ratio < self._best_ratio * (self.MARGIN if self._best == 1 else 1.0):
+            self._best, self._best_ratio = self._trial, ratio
+        if ratio <= 1.1 * self._best_ratio and self._trial * 2 <= self.max_chunk:
+            self._trial *= 2
         else:
             self.size = self._best
 

@@ -1,4 +1,4 @@
-"""A game restricted to some of its players, the others fixed out of every coalition."""
+"""A game restricted to some of its players, the others fixed out of (or in) every coalition."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ __all__ = ["RestrictedGame"]
 
 
 class RestrictedGame:
-    """The subgame of ``game`` on ``players``: every other player is absent from every coalition.
+    """The subgame of ``game`` on ``players``: every other player is absent from every coalition,
+    or present where ``present`` says so.
 
     Args:
         game: The full game.
         players: ``[p]`` indices of the players that remain (distinct, in range).
+        present: ``[n]`` players of the full game in every coalition (those in ``players``
+            are ignored); default: none.
 
     Example:
         >>> from lightning_shapley.games import PairwiseGame
@@ -23,7 +26,9 @@ class RestrictedGame:
         [4.0]
     """
 
-    def __init__(self, game: Game, players: torch.Tensor) -> None:
+    def __init__(
+        self, game: Game, players: torch.Tensor, present: torch.Tensor | None = None
+    ) -> None:
         players = torch.as_tensor(players, dtype=torch.long).flatten()
         if len(players) == 0:
             raise ValueError("a restricted game needs at least one player")
@@ -34,10 +39,15 @@ class RestrictedGame:
                 f"players must be distinct indices below {game.n_players}, got {players.tolist()}"
             )
         self.game, self.players, self.n_players = game, players, len(players)
+        self.present = torch.zeros(game.n_players, dtype=torch.bool)
+        if present is not None:
+            if present.shape != (game.n_players,):
+                raise ValueError(f"present must be [{game.n_players}] booleans")
+            self.present = present.bool().clone()
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         """Values ``[m]`` of coalitions ``[m, p]`` of the remaining players."""
         masks = check_masks(masks, self.n_players)
-        full = torch.zeros(len(masks), self.game.n_players, dtype=torch.bool)
+        full = self.present.unsqueeze(0).repeat(len(masks), 1)
         full[:, self.players] = masks
         return self.game(full)

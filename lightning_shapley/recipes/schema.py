@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lightning_shapley.criteria import CRITERIA
+from lightning_shapley.criteria import CRITERIA, DEFAULT_CRITERION
 from lightning_shapley.criteria.game_based import ESTIMATORS
 from lightning_shapley.options import ABLATIONS, COMPENSATIONS, COSTS, SCHEDULES, SCOPES
 
@@ -86,7 +86,7 @@ class ModelSpec:
 class PruningSpec:
     """The comparison: criteria × ratios × shots × calibration seeds."""
 
-    criteria: list[str] = field(default_factory=lambda: ["greedy", "random", "l1"])
+    criteria: list[str] = field(default_factory=lambda: [DEFAULT_CRITERION, "random", "l1"])
     ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     shots: list[int] = field(default_factory=lambda: [10])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

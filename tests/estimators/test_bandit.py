@@ -158,3 +158,114 @@ def test_constructor_and_budget_validation():
         BanditShapley().estimate(gapped_game())
     with pytest.raises(ValueError, match="needs at least 26"):
         BanditShapley().estimate(gapped_game(), budget=25)
+
+
+def test_paired_moments_give_the_regression_adjusted_mean_and_variance():
+    from lightning_shapley.estimators._running import PairedMoments
+
+    generator = torch.Generator().manual_seed(0)
+    players = torch.randint(0, 3, (60,), generator=generator)
+    h = torch.randn(60, generator=generator, dtype=torch.float64)
+    d = 2 * h + 0.1 * torch.randn(60, generator=generator, dtype=torch.float64)
+    moments = PairedMoments(3)
+    moments.update(players[:25], d[:25], h[:25])
+    moments.update(players[25:], d[25:], h[25:])
+    c = moments.coefficient()
+    assert abs(c - 2) < 0.1
+    for p in range(3):
+        residual = (d - c * h)[players == p]
+        torch.testing.assert_close(moments.residual_mean(c)[p], residual.mean())
+        torch.testing.assert_close(moments.residual_variance(c)[p], residual.var())
+
+
+def surrogate_pair(n: int = 24, noise: float = 0.005):
+    """A pairwise game and a quadratic surrogate close to it (known exact values for both)."""
+    from lightning_shapley.games.surrogate import QuadraticGame
+
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(n, n, generator=generator, dtype=torch.float64) / n
+    gram = a @ a.T + torch.diag(torch.rand(n, generator=generator, dtype=torch.float64))
+    surrogate = QuadraticGame(gram)
+    # the true game: the surrogate plus small pairwise noise, values known in closed form
+    noise_w = noise * torch.randn(n, n, generator=generator, dtype=torch.float64)
+    linear = noise * torch.randn(n, generator=generator, dtype=torch.float64)
+
+    upper = torch.triu(noise_w, 1)
+
+    class Game:
+        n_players = n
+        exact = surrogate.shapley_values + linear + 0.5 * (upper + upper.T).sum(1)
+
+        def __call__(self, masks):
+            s = masks.double()
+            return surrogate(masks) + s @ linear + ((s @ upper) * s).sum(1)
+
+    return Game(), surrogate
+
+
+def test_control_variate_keeps_estimates_unbiased_and_narrows_the_intervals():
+    game, surrogate = surrogate_pair()
+    exact = game.exact
+    # one flip per sample (complement pairs are exact on pairwise games), nobody settles
+    sampler = BanditShapley(cut=0.5, antithetic=False, min_samples=1000)
+    plain = sampler.estimate(game, budget=400, seed=0)
+    game2, _ = surrogate_pair()
+    controlled = sampler.estimate(game2, budget=400, seed=0, control=surrogate)
+    # same samples, far less spread once the surrogate's part is known exactly
+    assert controlled.stderr.nanmean() < 0.5 * plain.stderr.nanmean()
+    assert (controlled.values - exact).abs().max() < (plain.values - exact).abs().max()
+
+
+def test_screening_samples_only_the_players_near_the_cut():
+    game, surrogate = surrogate_pair(n=40)
+    exact = game.exact
+    result = BanditShapley(cut=0.5, screen=0.25).estimate(
+        game, budget=10_000, seed=0, control=surrogate
+    )
+    assert int((result.n_samples > 0).sum()) < 40
+    assert result.n_evals < BanditShapley(cut=0.5).estimate(game, budget=10_000, seed=0).n_evals
+    truth = torch.zeros(40, dtype=torch.bool)
+    truth[torch.argsort(exact)[:20]] = True
+    assert int((result.below != truth).sum()) <= 2
+
+
+def test_a_bad_surrogate_lets_every_player_in():
+    """A surrogate unrelated to the game: the measured error spread brings the screened
+    players back into the sampling."""
+    game, _ = surrogate_pair(n=20)
+    from lightning_shapley.games.surrogate import QuadraticGame
+
+    unrelated = QuadraticGame(torch.diag(torch.arange(20, 0, -1, dtype=torch.float64)) / 50)
+    result = BanditShapley(cut=0.5, screen=0.25).estimate(
+        game, budget=20_000, seed=0, control=unrelated
+    )
+    assert int((result.n_samples > 0).sum()) > 10
+
+
+def test_should_stop_ends_sampling_between_rounds():
+    game = random_pairwise(16, 0)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    result = BanditShapley(cut=0.5).estimate(game, budget=100_000, seed=0, should_stop=stop)
+    full = BanditShapley(cut=0.5).estimate(random_pairwise(16, 0), budget=100_000, seed=0)
+    assert len(calls) == 3
+    assert 0 < result.n_evals < full.n_evals
+    assert torch.isfinite(result.values).all()
+
+
+def test_control_validation():
+    from lightning_shapley.games.surrogate import QuadraticGame
+
+    game = random_pairwise(6, 0)
+    with pytest.raises(ValueError, match="same 6 players"):
+        BanditShapley(cut=2).estimate(game, 100, control=QuadraticGame(torch.eye(5)))
+    with pytest.raises(ValueError, match="exact_border"):
+        BanditShapley(cut=2, exact_border=True).estimate(
+            game, 100, control=QuadraticGame(torch.eye(6))
+        )
+    with pytest.raises(ValueError, match="screen"):
+        BanditShapley(screen=0.0)
