@@ -140,7 +140,7 @@ def test_nan_outputs_are_reported(tmp_path):
         ({"epochs": ()}, "epochs must be non-negative"),
         ({"scope": "everything"}, "scope='everything' is invalid"),
         ({"criterion": "l3"}, "criterion 'l3' is unknown"),
-        ({"estimator": "magic"}, "estimator='magic' is unknown"),
+        ({"estimator": "magic"}, "estimator='magic' is invalid"),
         ({"budget": 0}, "budget must be a positive"),
         ({"shots": 0}, "shots must be a positive"),
         ({"held_out": -1}, "held_out must be a non-negative"),

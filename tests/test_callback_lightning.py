@@ -162,9 +162,11 @@ def test_options_reach_the_criterion_or_are_refused():
                                      metric="accuracy", ablation="mean")._criterion()  # fmt: skip
     assert type(shapley.estimator).__name__ == "BanditShapley"
     assert (shapley.budget, shapley.metric, shapley.ablation) == (9, "accuracy", "mean")
-    greedy = ShapleyPruningCallback(scope="global", ablation="zero")._criterion()
-    assert (greedy.scope, greedy.ablation) == ("network", "zero")
-    with pytest.raises(ValueError, match="criterion 'greedy' takes no budget"):
+    greedy = ShapleyPruningCallback(criterion="greedy", scope="global", ablation="zero")
+    assert (greedy._criterion().scope, greedy._criterion().ablation) == ("network", "zero")
+    default = ShapleyPruningCallback(scope="global", metric="cross_entropy")._criterion()
+    assert (default.scope, default.metric) == ("network", "cross_entropy")
+    with pytest.raises(ValueError, match="criterion 'bandit_shapley' takes no budget"):
         ShapleyPruningCallback(budget=7)
     with pytest.raises(ValueError, match="criterion 'l1' takes no estimator"):
         ShapleyPruningCallback(criterion="l1", estimator="bandit")
