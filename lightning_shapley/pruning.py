@@ -9,6 +9,7 @@ answer is a :class:`ChannelGroup`.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ __all__ = [
     "IMPORTANCES",
     "ChannelGroup",
     "Consumer",
+    "UnprunableLayerError",
     "apply_plan",
     "channel_costs",
     "channel_group",
@@ -65,17 +67,46 @@ class Consumer:
 class ChannelGroup:
     """The output channels of a layer and every layer coupled to them.
 
+    A player is one channel, or, where a grouped convolution or a group norm splits the
+    channels into ``blocks`` equal blocks that must stay equal (as torch-pruning's
+    ``MetaPruner`` keeps them), the channel at the same position in every block: player ``j``
+    is channels ``j, j + n, j + 2n, …`` (``n = n_channels``).
+
     Attributes:
         layer: Qualified name of the layer the group was built from.
-        n_channels: Number of channels (players) in the group.
+        n_channels: Number of players in the group.
         pruned_layers: Names of the layers whose output channels go with the group.
         consumers: The layers whose input features go with the group.
+        blocks: Channels per player.
+        norms: Normalisations among the pruned layers that mix the group's channels (a
+            ``LayerNorm`` over channels, a ``GroupNorm``): a pruned model computes their
+            statistics over the kept channels only, so a game masks inside them too (see
+            :class:`~lightning_shapley.games.masking.NormMask`). Their features are the
+            normalised channels.
     """
 
     layer: str
     n_channels: int
     pruned_layers: tuple[str, ...]
     consumers: tuple[Consumer, ...]
+    blocks: int = 1
+    norms: tuple[Consumer, ...] = ()
+
+    def channels(self, players: list[int]) -> list[int]:
+        """The layer's channel indices that ``players`` stand for, sorted."""
+        return sorted(int(p) + b * self.n_channels for b in range(self.blocks) for p in players)
+
+
+class UnprunableLayerError(ValueError):
+    """A layer whose channels cannot be removed the way the games mask them.
+
+    Attributes:
+        layers: The layers of its group (ignoring any one of them leaves the group out).
+    """
+
+    def __init__(self, message: str, layers: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.layers = layers
 
 
 @contextmanager
@@ -157,31 +188,68 @@ def channel_group(
             f"convolution or linear layer: {', '.join(_weighted_layer_names(model))}"
         )
     graph = graph or build_dependency_graph(model, example_input)
-    pruner = graph.get_pruner_of_module(module)
-    n_channels = graph.get_out_channels(module)
-    with _preserved_state(model):
-        group = graph.get_pruning_group(
-            module, pruner.prune_out_channels, idxs=list(range(n_channels))
+    if module not in graph.module2node:
+        raise UnprunableLayerError(
+            f"cannot prune layer {name!r}: the forward never calls it as a module (its weight "
+            "is used directly, as attention layers do), so torch-pruning cannot follow its "
+            f"channels; leave it out with ignored_layers=[{name!r}]"
         )
+    pruner = graph.get_pruner_of_module(module)
+    n_raw = graph.get_out_channels(module)
+    with _preserved_state(model):
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs=list(range(n_raw)))
 
     names = {m: n for n, m in model.named_modules()}
-    pruned, receiving = [], {}
+    owners = {id(p): n for n, m in model.named_modules() for p in m.parameters(recurse=False)
+              if isinstance(m, tp.ops.TORCH_CONV | nn.Linear | _NORMS)}  # fmt: skip
+    pruned, receiving, blocks, problems = [], {}, 1, []
     for item in group.items:
         target = item.dep.target.module
+        if isinstance(target, nn.Parameter):
+            if id(target) in owners:  # a layer's weight used without calling the layer
+                problems.append(f"the weight of {owners[id(target)]!r}, used directly")
+            elif n_raw not in target.shape:
+                problems.append(f"a parameter of shape {tuple(target.shape)}")
+            continue
         if target not in names:  # torch-pruning's own nodes (add, cat, reshape, ...)
             continue
-        if graph.is_out_channel_pruning_fn(item.dep.handler):
+        out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        problem = _unsupported(target)
+        if problem:
+            problems.append(f"{names[target]!r} ({type(target).__name__}{problem})")
+            continue
+        blocks = max(blocks, _blocks(graph, target, out))
+        if out:
             pruned.append(names[target])
         else:
             receiving[names[target]] = (target, item.idxs, item.root_idxs)
-    consumers = tuple(
-        Consumer(
-            name=consumer_name,
-            feature_idx=torch.as_tensor(idxs, dtype=torch.long),
-            player_idx=torch.as_tensor(root_idxs, dtype=torch.long),
-            channel_dim=-1 if isinstance(target, nn.Linear) else 1,
-            in_features=target.in_features if isinstance(target, nn.Linear) else target.in_channels,
+    if problems:
+        raise UnprunableLayerError(
+            f"cannot prune the channels of layer {name!r}: they also reach "
+            f"{'; '.join(dict.fromkeys(problems))}, where removing a channel is not what masking "
+            "it at the layers that read it does. Leave the group out with "
+            f"ignored_layers=[{name!r}]",
+            (name, *pruned),
         )
+    if n_raw % blocks:
+        raise UnprunableLayerError(
+            f"cannot prune the channels of layer {name!r}: its {n_raw} channels do not split "
+            f"into the {blocks} equal blocks a grouped layer of the group needs; leave it out "
+            f"with ignored_layers=[{name!r}]"
+        )
+    n_players = n_raw // blocks
+
+    def site(site_name: str, target: nn.Module, idxs, root_idxs) -> Consumer:
+        return Consumer(
+            name=site_name,
+            feature_idx=torch.as_tensor(idxs, dtype=torch.long),
+            player_idx=torch.as_tensor(root_idxs, dtype=torch.long) % n_players,
+            channel_dim=-1 if isinstance(target, nn.Linear | nn.LayerNorm) else 1,
+            in_features=_in_features(target),
+        )
+
+    consumers = tuple(
+        site(consumer_name, target, idxs, root_idxs)
         for consumer_name, (target, idxs, root_idxs) in receiving.items()
         if consumer_name not in pruned
     )
@@ -190,12 +258,61 @@ def channel_group(
             f"layer {name!r} has no prunable output channels: they reach the model output without "
             "passing through another layer (is it the classifier head?)"
         )
+    norms = tuple(
+        site(names[item.dep.target.module], item.dep.target.module, item.idxs, item.root_idxs)
+        for item in group.items
+        if _mixes_channels(item.dep.target.module)
+        and graph.is_out_channel_pruning_fn(item.dep.handler)
+    )
     return ChannelGroup(
         layer=name,
-        n_channels=n_channels,
+        n_channels=n_players,
         pruned_layers=tuple(dict.fromkeys(pruned)),
         consumers=consumers,
+        blocks=blocks,
+        norms=tuple({n.name: n for n in norms}.values()),
     )
+
+
+_NORMS = nn.LayerNorm | nn.GroupNorm | tp.ops.TORCH_BATCHNORM | tp.ops.TORCH_INSTANCENORM
+# layers whose channels a removal takes out one by one: masking the readers is pruning them
+_PER_CHANNEL = tp.ops.TORCH_CONV | nn.Linear | _NORMS | nn.PReLU
+
+
+def _unsupported(module: nn.Module) -> str:
+    """Why removing channels at ``module`` is not masking them where they are read ('' if it
+    is): a layer that mixes channels other than by a weight (attention, recurrent layers)."""
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+        return f", normalised over {tuple(module.normalized_shape)}"
+    return "" if isinstance(module, _PER_CHANNEL) else ", which mixes them"
+
+
+def _mixes_channels(module: nn.Module) -> bool:
+    """A normalisation whose statistics pool several channels."""
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups < module.num_channels
+    return isinstance(module, nn.LayerNorm)
+
+
+def _blocks(graph: tp.DependencyGraph, module: nn.Module, out: bool) -> int:
+    """Equal blocks that pruning must keep equal in ``module``'s channels (torch-pruning's
+    channel groups: a grouped convolution's groups, a group norm's groups)."""
+    if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels:
+        return 1  # depthwise: channels go one by one, in and out together
+    if isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels:
+        return 1
+    pruner = graph.get_pruner_of_module(module)
+    return pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)
+
+
+def _in_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    return module.in_channels
 
 
 def check_distinct_groups(groups: list[ChannelGroup]) -> None:
@@ -209,15 +326,16 @@ def check_distinct_groups(groups: list[ChannelGroup]) -> None:
                 )
 
 
-def merged_consumers(groups: list[ChannelGroup]) -> dict[str, Consumer]:
-    """The consumers of several groups, players numbered group after group.
+def merged_consumers(groups: list[ChannelGroup], norms: bool = False) -> dict[str, Consumer]:
+    """The consumers of several groups (or, with ``norms``, their channel-mixing
+    normalisations), players numbered group after group.
 
     A consumer fed by several groups (a concatenation) appears once, with all their features.
     """
     parts: dict[str, list[Consumer]] = {}
     offset = 0
     for group in groups:
-        for c in group.consumers:
+        for c in group.norms if norms else group.consumers:
             parts.setdefault(c.name, []).append(
                 Consumer(c.name, c.feature_idx, c.player_idx + offset, c.channel_dim, c.in_features)
             )
@@ -239,19 +357,36 @@ def prunable_layer_names(
 ) -> list[str]:
     """One layer name per prunable group of ``model``, in forward order.
 
-    The classifier head (any group without consumers) and the ``ignored`` layers are left out.
+    Left out: the classifier head (any group without consumers), every group that an
+    ``ignored`` layer belongs to, and the groups that cannot be pruned as the games mask them
+    (channels that pass through attention, say), named in one warning with the
+    ``ignored_layers`` that silences it.
     """
     graph = build_dependency_graph(model, example_input)
-    names, seen = [], set()
+    names, seen, unprunable = [], set(ignored), {}
     for name, module in model.named_modules():
-        if not isinstance(module, tp.ops.TORCH_CONV | nn.Linear) or name in ignored or name in seen:
+        if not isinstance(module, tp.ops.TORCH_CONV | nn.Linear) or name in seen:
             continue
         try:
             group = channel_group(model, name, example_input, graph=graph)
+        except UnprunableLayerError as error:
+            unprunable[name] = str(error)
+            seen.update(error.layers)  # one report per group
+            continue
         except ValueError:
+            continue
+        if seen.intersection(group.pruned_layers):  # a group holding an ignored layer
+            seen.update(group.pruned_layers)
             continue
         seen.update(group.pruned_layers)
         names.append(name)
+    if unprunable:
+        reasons = "\n".join(f"  {reason}" for reason in unprunable.values())
+        warnings.warn(
+            f"{len(unprunable)} layer(s) of {type(model).__name__} cannot be pruned and are left "
+            f"as they are (pass ignored_layers={sorted(unprunable)} to say so):\n{reasons}",
+            stacklevel=2,
+        )
     return names
 
 
@@ -280,11 +415,13 @@ def group_importance(
         raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
     name, module = resolve_layer(model, layer)
     graph = graph or build_dependency_graph(model, example_input)
+    blocks = channel_group(model, name, example_input, graph=graph).blocks
     group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
     scores = importances[kind]()(group)
     if scores is None:
         raise ValueError(f"the group of layer {name!r} has no layer that {kind!r} can score")
-    return scores.detach().float().cpu()
+    # a player is a channel in every block: its mean score over them, as torch-pruning does
+    return scores.detach().float().cpu().view(blocks, -1).mean(dim=0)
 
 
 def _pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):
@@ -431,7 +568,8 @@ def _remove(
     with _preserved_state(model):
         for layer, channels in plans:
             if channels:
-                _pruning_group(graph, model.get_submodule(layer), channels).prune()
+                raw = groups[layer].channels(channels)
+                _pruning_group(graph, model.get_submodule(layer), raw).prune()
                 history.append({"op": "prune", "layer": layer, "channels": channels})
     return history
 
