@@ -363,23 +363,28 @@ def prunable_layer_names(
     ``ignored_layers`` that silences it.
     """
     graph = build_dependency_graph(model, example_input)
-    names, seen, unprunable = [], set(ignored), {}
+    names, seen, unprunable = [], set(), {}
     for name, module in model.named_modules():
-        if not isinstance(module, tp.ops.TORCH_CONV | nn.Linear) or name in seen:
+        if (
+            not isinstance(module, tp.ops.TORCH_CONV | nn.Linear)
+            or name in seen
+            or module not in graph.module2node  # never called: part of another module
+        ):
             continue
+        error = None
         try:
-            group = channel_group(model, name, example_input, graph=graph)
-        except UnprunableLayerError as error:
-            unprunable[name] = str(error)
-            seen.update(error.layers)  # one report per group
-            continue
+            layers = channel_group(model, name, example_input, graph=graph).pruned_layers
+        except UnprunableLayerError as unprunable_error:
+            error, layers = unprunable_error, unprunable_error.layers
         except ValueError:
             continue
-        if seen.intersection(group.pruned_layers):  # a group holding an ignored layer
-            seen.update(group.pruned_layers)
-            continue
-        seen.update(group.pruned_layers)
-        names.append(name)
+        seen.update(layers)
+        if name in ignored or not set(ignored).isdisjoint(layers):
+            continue  # a group holding an ignored layer
+        if error is not None:
+            unprunable[name] = str(error)
+        else:
+            names.append(name)
     if unprunable:
         reasons = "\n".join(f"  {reason}" for reason in unprunable.values())
         warnings.warn(

@@ -1,18 +1,26 @@
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from lightning_shapley import ChannelGame
+from lightning_shapley.criteria import EliminationCriterion
 from lightning_shapley.models import CifarResNet, LeNet5
+from lightning_shapley.plan import make_plan
+from lightning_shapley.prune import prune
 from lightning_shapley.pruning import (
+    UnprunableLayerError,
     channel_costs,
     channel_group,
     prunable_layer_names,
     resolve_layer,
 )
-from tests.conftest import ConcatNet
+from tests.conftest import ConcatNet, randomize_batchnorm
 
 
 def test_group_of_a_residual_stream_holds_every_coupled_layer():
@@ -80,3 +88,70 @@ def test_channel_costs_are_what_removing_one_channel_saves():
     assert 36 * 9 + 16 * 5 * 9 <= macs <= 36 * 9 + 16 * 5 * 9 + 2 * 36
     with pytest.raises(ValueError, match="kind"):
         channel_costs(model, ["0"], example, "flops")
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand, depthwise, project; the expansion's group holds the
+    depthwise conv (in and out together) and ends at the projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(4, 12, 1), nn.BatchNorm2d(12), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                                       nn.BatchNorm2d(12), nn.ReLU6())  # fmt: skip
+        self.project = nn.Conv2d(12, 4, 1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_depthwise_conv_goes_with_its_producer_channel_by_channel():
+    model = randomize_batchnorm(InvertedResidual())
+    x = torch.randn(6, 4, 8, 8)
+    group = channel_group(model, "expand.0", x[:1])
+    assert group.blocks == 1 and group.n_channels == 12
+    assert "depthwise.0" in group.pruned_layers
+    assert [c.name for c in group.consumers] == ["project"]
+    game = ChannelGame(model, "expand.0", x, metric="kl", ablation="regression")
+    scores = EliminationCriterion().score(model, ["expand.0"], x, cut=0.5)
+    plan = make_plan(scores.values, 0.5)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[0, plan.removed["expand.0"]] = False
+    zero = ChannelGame(model, "expand.0", (x, torch.zeros(6, dtype=torch.long)),
+                       metric=lambda logits, t: logits.flatten(1).sum(1))  # fmt: skip
+    masked = zero._logits(mask)[0]
+    pruned = copy.deepcopy(model)
+    prune(pruned, plan, x)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
+    prune(model, plan, x, compensation="least_squares")  # the default refit
+    assert model.depthwise[0].groups == 6 and model.project.in_channels == 6
+    assert game.n_players == 12
+
+
+def tiny_vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=24,
+        num_classes=3,
+    ).eval()  # fmt: skip
+
+
+def test_attention_groups_are_left_out_with_one_warning_and_refused_when_asked_for():
+    model = tiny_vit()
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.warns(UserWarning, match=r"cannot be pruned.*ignored_layers=\['conv_proj'"):
+        layers = prunable_layer_names(model, x[:1])
+    assert layers == ["encoder.layers.encoder_layer_0.mlp.0"]  # the MLP's hidden features
+    with pytest.raises(UnprunableLayerError, match=r"MultiheadAttention.*ignored_layers"):
+        channel_group(model, "conv_proj", x[:1])
+    with pytest.raises(UnprunableLayerError, match="never calls it as a module"):
+        channel_group(model, "encoder.layers.encoder_layer_0.self_attention.out_proj", x[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ignoring the group silences the warning
+        assert prunable_layer_names(model, x[:1], ignored=("conv_proj",)) == layers
+    scores = EliminationCriterion().score(model, layers, x, cut=0.25)
+    prune(model, make_plan(scores.values, 0.25), x, compensation="least_squares")
+    assert model.encoder.layers[0].mlp[0].out_features == 18
+    assert torch.isfinite(model(x)).all()

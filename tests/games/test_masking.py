@@ -165,3 +165,54 @@ def test_norm_mask_leaves_removed_channels_at_zero():
     torch.testing.assert_close(
         out[..., [0, 2, 3]], nn.functional.layer_norm(x[..., [0, 2, 3]], (3,))
     )
+
+
+def small_trained_vgg() -> tuple[nn.Sequential, torch.Tensor]:
+    """Six 3×3 conv + batch norm + ReLU layers of 24/48/96 channels at 16×16, 30 SGD steps on
+    a learnable task, and 12 calibration images: dead and nearly collinear channels appear."""
+    torch.manual_seed(5)
+    layers, channels = [], 3
+    for width in (24, 24, "M", 48, 48, "M", 96, 96, "M"):
+        if width == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(96 * 4, 10))
+    teacher = torch.randn(3 * 4, 10)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 3, 16, 16)
+        return x, (nn.functional.avg_pool2d(x, 8).flatten(1) @ teacher).argmax(1)
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(30):
+        x, y = batch(32)
+        loss = nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.eval(), batch(12)[0]
+
+
+def test_the_default_game_and_refit_on_a_small_trained_vgg():
+    """The solves of the default criterion's game (regression ablation) and of the default
+    compensation, on every layer of a small trained VGG with 12 calibration images."""
+    from lightning_shapley.plan import make_plan
+    from lightning_shapley.pruning import prunable_layer_names
+
+    net, x = small_trained_vgg()
+    layers = prunable_layer_names(net, x[:1])
+    assert len(layers) == 6
+    generator = torch.Generator().manual_seed(0)
+    scores = {}
+    for layer in layers:
+        game = ChannelGame(net, layer, x, metric="kl", ablation="regression")
+        masks = torch.rand(16, game.n_players, generator=generator) > 0.5
+        masks[:, 0] = True
+        assert torch.isfinite(game(masks)).all(), layer
+        scores[layer] = torch.rand(game.n_players, generator=generator)
+    with pytest.warns(UserWarning, match="fewer samples than weights"):
+        prune(net, make_plan(scores, 0.5), x, compensation="least_squares")
+    with torch.no_grad():
+        assert torch.isfinite(net(x)).all()
