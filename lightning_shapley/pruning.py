@@ -77,7 +77,10 @@ class ChannelGroup:
         n_channels: Number of players in the group.
         pruned_layers: Names of the layers whose output channels go with the group.
         consumers: The layers whose input features go with the group.
-        blocks: Channels per player.
+        blocks: Channels per player (one in each block).
+        members: Where channels are tied otherwise (a depthwise convolution that reads one
+            channel of the group and writes another, as GhostNet's cheap operation does, so
+            that pruning either removes both): the channels of each player; empty otherwise.
         norms: Normalisations among the pruned layers that mix the group's channels (a
             ``LayerNorm`` over channels, a ``GroupNorm``): a pruned model computes their
             statistics over the kept channels only, so a game masks inside them too (see
@@ -91,9 +94,12 @@ class ChannelGroup:
     consumers: tuple[Consumer, ...]
     blocks: int = 1
     norms: tuple[Consumer, ...] = ()
+    members: tuple[tuple[int, ...], ...] = ()
 
     def channels(self, players: list[int]) -> list[int]:
         """The layer's channel indices that ``players`` stand for, sorted."""
+        if self.members:
+            return sorted(c for p in players for c in self.members[int(p)])
         return sorted(int(p) + b * self.n_channels for b in range(self.blocks) for p in players)
 
 
@@ -237,13 +243,24 @@ def channel_group(
             f"into the {blocks} equal blocks a grouped layer of the group needs; leave it out "
             f"with ignored_layers=[{name!r}]"
         )
-    n_players = n_raw // blocks
+    tied = _tied_channels(graph, group, n_raw)
+    if tied and blocks > 1:
+        raise UnprunableLayerError(
+            f"cannot prune the channels of layer {name!r}: a depthwise convolution ties some of "
+            f"them together and a grouped layer splits them into {blocks} blocks; leave it out "
+            f"with ignored_layers=[{name!r}]",
+            (name, *pruned),
+        )
+    n_players = len(tied) if tied else n_raw // blocks
+    player_of = torch.arange(n_raw) % n_players
+    for player, channels in enumerate(tied):
+        player_of[list(channels)] = player
 
     def site(site_name: str, target: nn.Module, idxs, root_idxs) -> Consumer:
         return Consumer(
             name=site_name,
             feature_idx=torch.as_tensor(idxs, dtype=torch.long),
-            player_idx=torch.as_tensor(root_idxs, dtype=torch.long) % n_players,
+            player_idx=player_of[torch.as_tensor(root_idxs, dtype=torch.long)],
             channel_dim=-1 if isinstance(target, nn.Linear | nn.LayerNorm) else 1,
             in_features=_in_features(target),
         )
@@ -271,7 +288,48 @@ def channel_group(
         consumers=consumers,
         blocks=blocks,
         norms=tuple({n.name: n for n in norms}.values()),
+        members=tied,
     )
+
+
+def _tied_channels(graph: tp.DependencyGraph, group, n_raw: int) -> tuple[tuple[int, ...], ...]:
+    """The group's channels that pruning removes together although they are different
+    channels of the root: a depthwise convolution of the group whose input channel ``i`` and
+    output channel ``i`` belong to two root channels (torch-pruning removes both when either
+    goes). Empty when there are none."""
+    roots = {
+        item.dep.target.module: dict(zip(item.idxs, item.root_idxs, strict=True))
+        for item in group.items
+        if graph.is_out_channel_pruning_fn(item.dep.handler)
+    }
+    parent = list(range(n_raw))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for module, mapping in roots.items():
+        if not (isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels):
+            continue
+        node = graph.module2node[module]
+        for _ in range(8):  # up through elementwise nodes, which keep channel positions
+            if len(node.inputs) != 1:
+                break
+            node = node.inputs[0]
+            if node.module in roots:
+                for idx, root in mapping.items():
+                    other = roots[node.module].get(idx)
+                    if other is not None:
+                        parent[find(root)] = find(other)
+                break
+    classes: dict[int, list[int]] = {}
+    for channel in range(n_raw):
+        classes.setdefault(find(channel), []).append(channel)
+    if len(classes) == n_raw:
+        return ()
+    return tuple(tuple(c) for c in classes.values())
 
 
 _NORMS = nn.LayerNorm | nn.GroupNorm | tp.ops.TORCH_BATCHNORM | tp.ops.TORCH_INSTANCENORM

@@ -155,3 +155,40 @@ def test_attention_groups_are_left_out_with_one_warning_and_refused_when_asked_f
     prune(model, make_plan(scores.values, 0.25), x, compensation="least_squares")
     assert model.encoder.layers[0].mlp[0].out_features == 18
     assert torch.isfinite(model(x)).all()
+
+
+class GhostBlock(nn.Module):
+    """GhostNet's module on a residual stream: the stream's channels ``i`` and ``i + 4`` are a
+    primary channel and the depthwise "cheap" channel computed from it, so pruning either
+    removes both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.hidden = nn.Conv2d(8, 6, 1)
+        self.primary = nn.Sequential(nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4))
+        self.cheap = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4))
+        self.mix = nn.Conv2d(8, 5, 3)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        primary = self.primary(torch.relu(self.hidden(x)))
+        x = x + torch.cat([primary, self.cheap(primary)], dim=1)
+        return self.head(torch.relu(self.mix(x)).mean(dim=(2, 3)))
+
+
+def test_channels_tied_by_a_depthwise_conv_are_one_player():
+    model = randomize_batchnorm(GhostBlock())
+    x = torch.randn(4, 3, 8, 8)
+    group = channel_group(model, "stem.0", x[:1])
+    assert group.n_channels == 4 and group.members == ((0, 4), (1, 5), (2, 6), (3, 7))
+    game = ChannelGame(model, "stem.0", (x, torch.zeros(4, dtype=torch.long)),
+                       metric=lambda logits, t: logits.sum())  # fmt: skip
+    mask = torch.tensor([[True, False, True, False]])
+    masked = game._logits(mask)[0]
+    pruned = copy.deepcopy(model)
+    prune(pruned, make_plan({"stem.0": mask[0].float()}, 0.5), x)
+    assert pruned.stem[0].out_channels == 4 and pruned.cheap[0].groups == 2
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
