@@ -47,6 +47,16 @@ class ConcatNet(nn.Module):
         return self.head(F.max_pool2d(torch.relu(self.mix(y)), 2).flatten(1))
 
 
+def vit() -> nn.Module:
+    """A small torchvision VisionTransformer, its (zero-initialised) head drawn at random."""
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+        num_classes=10,
+    )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight, std=0.1)
+    return model
+
+
 def randomized(model: nn.Module) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     for m in model.modules():
@@ -70,10 +80,7 @@ ARCHITECTURES = {
         lambda: torchvision.models.regnet_y_400mf(num_classes=10), (3, 32, 32)),
     "torchvision convnext_tiny (channels-last LayerNorm)": (
         lambda: torchvision.models.convnext_tiny(num_classes=10), (3, 32, 32)),
-    "torchvision VisionTransformer (2×64, MLPs only)": (
-        lambda: torchvision.models.VisionTransformer(
-            image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
-            num_classes=10), (3, 32, 32)),
+    "torchvision VisionTransformer (2×64, MLPs only)": (vit, (3, 32, 32)),
 }  # fmt: skip
 
 

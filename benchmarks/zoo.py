@@ -57,10 +57,12 @@ CLASSES = 10
 def _vit():
     import torchvision
 
-    return torchvision.models.VisionTransformer(
+    model = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
         num_classes=CLASSES,
     )  # fmt: skip
+    torch.nn.init.normal_(model.heads.head.weight, std=0.1)  # zero at init: all logits 0
+    return model
 
 
 def _torchvision(name: str):
@@ -217,10 +219,11 @@ def run_cell(model_name, criterion_name, images, size, ratio, budget, threads, q
         except ValueError as error:
             row["outcome"], row["message"] = "clear error", f"{type(error).__name__}: {error}"
         except Exception as error:  # the point is to record it
-            row["outcome"] = "unhandled"
-            last = traceback.extract_tb(error.__traceback__)[-1]
-            row["message"] = (f"{type(error).__name__}: {error} "
-                              f"({Path(last.filename).name}:{last.lineno})")  # fmt: skip
+            row["outcome"] = "memory" if isinstance(error, MemoryError) else "unhandled"
+            frames = [f for f in traceback.extract_tb(error.__traceback__)
+                      if not f.filename.startswith("<")]  # fmt: skip
+            where = ", ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-3:])
+            row["message"] = f"{type(error).__name__}: {error} (in {where})"
     row["seconds"] = round(time.perf_counter() - began, 1)
     ours = [w for w in caught if "lightning_shapley" in w.filename or "zoo" in w.filename]
     row["warnings"] = " | ".join(dict.fromkeys(str(w.message).split("\n")[0][:300] for w in ours))
@@ -376,6 +379,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--csv", default=str(RESULTS / "zoo.csv"))
     parser.add_argument("--table", action="store_true", help="only rewrite the Markdown table")
+    parser.add_argument("--note", default="", help="a paragraph added to the table's notes")
     args = parser.parse_args()
     args.models = list(MODELS) if args.models == "all" else args.models.split(",")
     args.criteria = args.criteria.split(",")
@@ -396,6 +400,8 @@ def main() -> None:
         f"`shapley` criteria on {', '.join(sorted(args.big))} ran with at most "
         f"{args.big_budget} game evaluations per layer where the criterion has a budget."
     )
+    if args.note:
+        notes += "\n\n" + args.note
     if not args.table:
         run(args)
     table(Path(args.csv), Path(args.csv).with_suffix(".md"), notes)

@@ -478,13 +478,16 @@ def group_importance(
         raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
     name, module = resolve_layer(model, layer)
     graph = graph or build_dependency_graph(model, example_input)
-    blocks = channel_group(model, name, example_input, graph=graph).blocks
+    players = channel_group(model, name, example_input, graph=graph)
     group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
     scores = importances[kind]()(group)
     if scores is None:
         raise ValueError(f"the group of layer {name!r} has no layer that {kind!r} can score")
-    # a player is a channel in every block: its mean score over them, as torch-pruning does
-    return scores.detach().float().cpu().view(blocks, -1).mean(dim=0)
+    # a player's score is the mean over its channels, as torch-pruning's over channel groups
+    scores = scores.detach().float().cpu()
+    if players.members:
+        return torch.stack([scores[list(channels)].mean() for channels in players.members])
+    return scores.view(players.blocks, -1).mean(dim=0)
 
 
 def _pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):

@@ -17,6 +17,7 @@ from lightning_shapley.pruning import (
     UnprunableLayerError,
     channel_costs,
     channel_group,
+    group_importance,
     prunable_layer_names,
     resolve_layer,
 )
@@ -183,6 +184,7 @@ def test_channels_tied_by_a_depthwise_conv_are_one_player():
     x = torch.randn(4, 3, 8, 8)
     group = channel_group(model, "stem.0", x[:1])
     assert group.n_channels == 4 and group.members == ((0, 4), (1, 5), (2, 6), (3, 7))
+    assert group_importance(model, "stem.0", "l1", x[:1]).shape == (4,)
     game = ChannelGame(model, "stem.0", (x, torch.zeros(4, dtype=torch.long)),
                        metric=lambda logits, t: logits.sum())  # fmt: skip
     mask = torch.tensor([[True, False, True, False]])
