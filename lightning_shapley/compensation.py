@@ -21,20 +21,25 @@ Two ways, both computed on the calibration inputs before the channels go:
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 from torch import nn
 
-from lightning_shapley.games.masking import consumer_input_means, linear_imputations
+from lightning_shapley.games.masking import (
+    consumer_input_means,
+    linear_imputations,
+    pruned_normalisations,
+)
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import ChannelGroup, Consumer, merged_consumers
 from lightning_shapley.refit import (
-    check_refittable,
     input_grams,
     kept_columns,
     reference_targets,
     refit_parameters,
+    refittable,
 )
 
 __all__ = [
@@ -84,18 +89,39 @@ def _removed_features(
     return consumers, {name: f for name, f in features.items() if len(f)}
 
 
-def _check_consumer(name: str, module: nn.Module) -> None:
-    if isinstance(module, nn.Linear) or (
+def _foldable(module: nn.Module, grouped: bool = True) -> bool:
+    """Linear layers and zero-padded convolutions (grouped ones where ``grouped``)."""
+    return isinstance(module, nn.Linear) or (
         type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        and module.groups == 1
         and module.padding_mode == "zeros"
-    ):
-        return
-    raise ValueError(
-        f"cannot fold into {name!r} ({type(module).__name__}, groups="
-        f"{getattr(module, 'groups', 1)}): only linear layers and ungrouped, zero-padded "
-        "convolutions"
+        and (grouped or module.groups == 1)
     )
+
+
+def _left_as_they_are(what: str, skipped: dict[str, nn.Module], why: str) -> None:
+    """One warning naming every consumer a compensation could not touch."""
+    if skipped:
+        names = ", ".join(
+            f"{name!r} ({type(m).__name__}, groups={getattr(m, 'groups', 1)})"
+            for name, m in skipped.items()
+        )
+        warnings.warn(
+            f"{what}: left {len(skipped)} consumer(s) as they are, {why}: {names}", stacklevel=4
+        )
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor:
+    """The weight ``[O, in_features, ...kernel]`` as if ungrouped (zero across groups)."""
+    weight = module.weight.detach()
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return weight
+    out, per_group = len(weight) // groups, weight.shape[1]
+    dense = weight.new_zeros(len(weight), per_group * groups, *weight.shape[2:])
+    for g in range(groups):
+        rows, columns = slice(g * out, (g + 1) * out), slice(g * per_group, (g + 1) * per_group)
+        dense[rows, columns] = weight[rows]
+    return dense
 
 
 def mean_bias_updates(
@@ -112,19 +138,20 @@ def mean_bias_updates(
         removed: For each group, the channel indices it loses.
         batches: Calibration inputs ``[B, ...]`` the means are taken over.
 
-    Raises:
-        ValueError: If a consumer is neither a linear layer nor an ungrouped convolution.
+    A consumer other than a linear layer or a zero-padded convolution is left as it is, with one
+    warning naming it.
     """
     consumers, lost = _removed_features(groups, removed)
-    for name in lost:
-        _check_consumer(name, model.get_submodule(name))
+    skipped = {n: model.get_submodule(n) for n in lost if not _foldable(model.get_submodule(n))}
+    _left_as_they_are("mean folding", skipped, "not linear layers or zero-padded convolutions")
+    lost = {name: features for name, features in lost.items() if name not in skipped}
     with evaluating(model):
         means = consumer_input_means(model, {n: consumers[n] for n in lost}, batches)
     updates = {}
     for name, features in lost.items():
         module = model.get_submodule(name)
         mean = means[name][features].to(module.weight)
-        weight = module.weight[:, features].detach()
+        weight = _dense_weight(module)[:, features]
         columns = weight.reshape(len(weight), len(features), -1).sum(dim=2)  # [O, f]
         updates[name] = columns @ mean
     return updates
@@ -148,14 +175,17 @@ def regression_updates(
     Returns:
         ``(weight_updates, bias_updates)``, as :func:`least_squares_updates`.
 
-    Raises:
-        ValueError: As :func:`mean_bias_updates`, or where the prediction is not possible (see
-            :func:`~lightning_shapley.games.masking.linear_imputations`).
+    A consumer that cannot take the prediction (a grouped convolution, whose outputs do not read
+    every kept channel; a layer that is neither linear nor a zero-padded convolution; channels
+    owning uneven numbers of its features) is left as it is, with one warning naming it.
     """
     consumers, lost = _removed_features(groups, removed)
-    consumers = {name: consumers[name] for name in lost}
-    for name in lost:
-        _check_consumer(name, model.get_submodule(name))
+    skipped = {
+        n: model.get_submodule(n) for n in lost if not _foldable(model.get_submodule(n), False)
+    }
+    _left_as_they_are("regression folding", skipped, "not linear layers or ungrouped, "
+                      "zero-padded convolutions")  # fmt: skip
+    consumers = {name: consumers[name] for name in lost if name not in skipped}
     offsets = torch.tensor([0] + [g.n_channels for g in groups]).cumsum(0)
     gone = torch.cat(
         [torch.as_tensor(r, dtype=torch.long) + offsets[i] for i, r in enumerate(removed)]
@@ -209,33 +239,52 @@ def least_squares_updates(
         ``(weight_updates, bias_updates)``: changes of each consumer's full weight (zero on the
         removed inputs, which go) and bias ``[out_features]``.
 
+    A grouped convolution (depthwise included) is refit group by group. A consumer that is
+    neither a linear layer nor a zero-padded 2-d convolution is left as it is, with one warning
+    naming it.
+
     Raises:
-        ValueError: If a consumer is neither a linear layer nor an ungrouped, zero-padded
-            2-d convolution, or ``ridge`` is not positive.
+        ValueError: If ``ridge`` is not positive.
     """
     if not ridge > 0:
         raise ValueError(f"ridge must be positive, got {ridge}")
     consumers, lost = _removed_features(groups, removed)
     modules = {name: model.get_submodule(name) for name in lost}
-    for name, module in modules.items():
-        check_refittable(name, module)
+    skipped = {name: m for name, m in modules.items() if not refittable(m)}
+    _left_as_they_are("least-squares refit", skipped, "not linear layers or zero-padded 2-d "
+                      "convolutions")  # fmt: skip
+    modules = {name: m for name, m in modules.items() if name not in skipped}
     with evaluating(model), evaluating(reference or model):
-        grams = input_grams(model, modules, batches)
-        targets = {} if reference is None else reference_targets(model, reference, modules, batches)
-    weight_updates, bias_updates = {}, {}
+        if any(group.norms for group in groups):
+            # the pruned model normalises over the kept channels: refit on the inputs it will
+            # see, toward the outputs the unpruned one gave
+            masked = copy.deepcopy(model)
+            modules_there = {name: masked.get_submodule(name) for name in modules}
+            with pruned_normalisations(masked, groups, removed):
+                grams = input_grams(masked, modules_there, batches)
+                targets = reference_targets(masked, reference or model, modules_there, batches)
+        else:
+            grams = input_grams(model, modules, batches)
+            targets = (
+                {} if reference is None else reference_targets(model, reference, modules, batches)
+            )
+    weight_updates, bias_updates, few = {}, {}, []
     for name, module in modules.items():
         gram, samples = grams[name][0].sum(dim=0), grams[name][1]
         kept_features = torch.ones(1, consumers[name].in_features, dtype=torch.bool)
         kept_features[0, lost[name]] = False
         kept = kept_columns(module, kept_features)
-        if samples < int(kept.sum()):
-            warnings.warn(
-                f"refitting {name!r} on {samples} samples for {int(kept.sum())} weights per "
-                "output: the ridge keeps it near its original weights",
-                stacklevel=3,
-            )
+        per_output = int(kept[0].sum(-1).max())
+        if samples < per_output:
+            few.append(f"{name!r} on {samples} samples for {per_output} weights per output")
         weight, bias = refit_parameters(gram, module, kept, ridge, targets.get(name))
         weight_updates[name] = weight[0] - module.weight.detach()
         old_bias = module.bias.detach() if module.bias is not None else 0
         bias_updates[name] = bias[0] - old_bias
+    if few:
+        warnings.warn(
+            f"least-squares refit of {len(few)} consumer(s) on fewer samples than weights (the "
+            f"ridge keeps them near their original weights): {', '.join(few)}",
+            stacklevel=3,
+        )
     return weight_updates, bias_updates

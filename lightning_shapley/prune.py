@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,7 +21,6 @@ from lightning_shapley.pruning import (
     channel_group,
     check_not_compiled,
     count_params_and_macs,
-    grouped_convolutions,
 )
 
 __all__ = ["PruningReport", "prune"]
@@ -39,8 +37,6 @@ class PruningReport:
         requested_ratio, achieved_ratio: Share of the planned layers' channels asked for and
             removed.
         history: The steps taken, as plain data (what ``save_pruned`` stores).
-        adjusted: ``(planned, removed)`` channel counts of the layers whose removal was rounded
-            to fit a grouped convolution.
     """
 
     params_before: int
@@ -52,7 +48,6 @@ class PruningReport:
     requested_ratio: float
     achieved_ratio: float
     history: list[dict] = field(repr=False)
-    adjusted: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def table(self) -> str:
         """A Markdown summary: totals, then channels per layer."""
@@ -70,11 +65,6 @@ class PruningReport:
         lines.append(
             f"\nrequested ratio {self.requested_ratio:.1%}, achieved {self.achieved_ratio:.1%}"
         )
-        for name, (planned, removed) in self.adjusted.items():
-            lines.append(
-                f"`{name}`: {removed} channels removed ({planned} planned), evenly across the "
-                "blocks of a grouped convolution"
-            )
         return "\n".join(lines)
 
 
@@ -103,16 +93,10 @@ def prune(
             refit reproduces where sizes agree (for a model pruned in several steps).
         count_macs: Count MACs before and after (a traced forward each); ``False`` reports 0.
 
-    A layer whose channels feed (or are) a grouped convolution must lose the same number in
-    each of its blocks: where the plan carries its scores (as :func:`make_plan`'s do), the
-    count is rounded down to fit, the channels of each block still chosen by score, with a
-    warning and in ``report.adjusted``; otherwise the plan is refused.
-
     Raises:
-        ValueError: As :func:`~lightning_shapley.pruning.apply_plan` (also for a plan a
-            grouped convolution cannot hold, a compiled module, or a pruned model that fails
-            its check forward on the example input), or on an unknown compensation or a
-            consumer it cannot handle; the model is then unchanged.
+        ValueError: As :func:`~lightning_shapley.pruning.apply_plan` (also for a compiled
+            module, or a pruned model that fails its check forward on the example input), or on
+            an unknown compensation or a consumer it cannot handle; the model is then unchanged.
     """
     if compensation not in COMPENSATIONS:
         raise ValueError(f"compensation={compensation!r} is invalid; use one of {COMPENSATIONS}")
@@ -121,7 +105,6 @@ def prune(
     example = inputs[:1].to(next(model.parameters()).device)
     params_before, macs_before = _sizes(model, example, count_macs)
     graph = build_dependency_graph(model, example)
-    plan, adjusted = _fit_grouped_convolutions(model, plan, example, graph)
     bias_updates = weight_updates = None
     if compensation != "none":
         groups = [channel_group(model, layer, example, graph=graph) for layer in plan.removed]
@@ -145,50 +128,7 @@ def prune(
         requested_ratio=plan.requested_ratio,
         achieved_ratio=plan.achieved_ratio,
         history=history,
-        adjusted=adjusted,
     )
-
-
-def _fit_grouped_convolutions(
-    model: nn.Module, plan: PruningPlan, example: torch.Tensor, graph
-) -> tuple[PruningPlan, dict[str, tuple[int, int]]]:
-    """Round each layer's removal to what its grouped convolutions can hold, by score.
-
-    A layer is rounded when all its grouped convolutions split its channels into the same
-    full blocks and the plan has its scores; any other misfit is left for
-    :func:`~lightning_shapley.pruning.apply_plan` to refuse with the valid counts.
-    """
-    removed, adjusted = dict(plan.removed), {}
-    for layer, channels in plan.removed.items():
-        if not channels:
-            continue
-        convolutions = grouped_convolutions(model, layer, example, graph)
-        if not convolutions:
-            continue
-        first = convolutions[0]
-        fits = all(c.holds(channels) for c in convolutions)
-        same_blocks = all(torch.equal(c.block, first.block) for c in convolutions)
-        scores = (plan.scores or {}).get(layer)
-        if fits or not (same_blocks and first.covers_all and scores is not None):
-            continue
-        per_block = min(len(channels) // first.groups, first.block_size - 1)
-        scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
-        chosen = []
-        for b in range(first.groups):
-            members = torch.nonzero(first.block == b).flatten()
-            order = torch.argsort(scores[members], stable=True)
-            chosen += members[order[:per_block]].tolist()
-        removed[layer] = sorted(chosen)
-        adjusted[layer] = (len(channels), len(chosen))
-    if adjusted:
-        changes = ", ".join(f"{name!r} {a} → {b}" for name, (a, b) in adjusted.items())
-        warnings.warn(
-            f"{len(adjusted)} layer(s) feed grouped convolutions, which must lose the same "
-            "number of channels in every block: their channels were chosen by score within "
-            f"each block, the counts rounded down (planned → removed: {changes})",
-            stacklevel=3,
-        )
-    return replace(plan, removed=removed), adjusted
 
 
 def _sizes(model: nn.Module, example: torch.Tensor, count_macs: bool) -> tuple[int, int]:

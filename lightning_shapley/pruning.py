@@ -9,6 +9,8 @@ answer is a :class:`ChannelGroup`.
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,23 +26,20 @@ __all__ = [
     "IMPORTANCES",
     "ChannelGroup",
     "Consumer",
-    "GroupedConvolution",
     "Snapshot",
+    "UnprunableLayerError",
     "apply_plan",
     "channel_costs",
     "channel_group",
     "check_distinct_groups",
-    "check_grouped_convolutions",
     "check_not_compiled",
     "count_params_and_macs",
     "group_importance",
-    "grouped_convolutions",
     "importance_needs_gradients",
     "is_importance",
     "merged_consumers",
     "prunable_layer_names",
     "resolve_layer",
-    "valid_removal_counts",
 ]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
@@ -73,17 +72,52 @@ class Consumer:
 class ChannelGroup:
     """The output channels of a layer and every layer coupled to them.
 
+    A player is one channel, or, where a grouped convolution or a group norm splits the
+    channels into ``blocks`` equal blocks that must stay equal (as torch-pruning's
+    ``MetaPruner`` keeps them), the channel at the same position in every block: player ``j``
+    is channels ``j, j + n, j + 2n, …`` (``n = n_channels``).
+
     Attributes:
         layer: Qualified name of the layer the group was built from.
-        n_channels: Number of channels (players) in the group.
+        n_channels: Number of players in the group.
         pruned_layers: Names of the layers whose output channels go with the group.
         consumers: The layers whose input features go with the group.
+        blocks: Channels per player (one in each block).
+        members: Where channels are tied otherwise (a depthwise convolution that reads one
+            channel of the group and writes another, as GhostNet's cheap operation does, so
+            that pruning either removes both): the channels of each player; empty otherwise.
+        norms: Normalisations among the pruned layers that mix the group's channels (a
+            ``LayerNorm`` over channels, a ``GroupNorm``): a pruned model computes their
+            statistics over the kept channels only, so a game masks inside them too (see
+            :class:`~lightning_shapley.games.masking.NormMask`). Their features are the
+            normalised channels.
     """
 
     layer: str
     n_channels: int
     pruned_layers: tuple[str, ...]
     consumers: tuple[Consumer, ...]
+    blocks: int = 1
+    norms: tuple[Consumer, ...] = ()
+    members: tuple[tuple[int, ...], ...] = ()
+
+    def channels(self, players: list[int]) -> list[int]:
+        """The layer's channel indices that ``players`` stand for, sorted."""
+        if self.members:
+            return sorted(c for p in players for c in self.members[int(p)])
+        return sorted(int(p) + b * self.n_channels for b in range(self.blocks) for p in players)
+
+
+class UnprunableLayerError(ValueError):
+    """A layer whose channels cannot be removed the way the games mask them.
+
+    Attributes:
+        layers: The layers of its group (ignoring any one of them leaves the group out).
+    """
+
+    def __init__(self, message: str, layers: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.layers = layers
 
 
 @contextmanager
@@ -186,31 +220,79 @@ def channel_group(
             f"convolution or linear layer: {', '.join(_weighted_layer_names(model))}"
         )
     graph = graph or build_dependency_graph(model, example_input)
-    pruner = graph.get_pruner_of_module(module)
-    n_channels = graph.get_out_channels(module)
-    with _preserved_state(model):
-        group = graph.get_pruning_group(
-            module, pruner.prune_out_channels, idxs=list(range(n_channels))
+    if module not in graph.module2node:
+        raise UnprunableLayerError(
+            f"cannot prune layer {name!r}: the forward never calls it as a module (its weight "
+            "is used directly, as attention layers do), so torch-pruning cannot follow its "
+            f"channels; leave it out with ignored_layers=[{name!r}]"
         )
+    pruner = graph.get_pruner_of_module(module)
+    n_raw = graph.get_out_channels(module)
+    with _preserved_state(model):
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs=list(range(n_raw)))
 
     names = {m: n for n, m in model.named_modules()}
-    pruned, receiving = [], {}
+    owners = {id(p): n for n, m in model.named_modules() for p in m.parameters(recurse=False)
+              if isinstance(m, tp.ops.TORCH_CONV | nn.Linear | _NORMS)}  # fmt: skip
+    pruned, receiving, blocks, problems = [], {}, 1, []
     for item in group.items:
         target = item.dep.target.module
+        if isinstance(target, nn.Parameter):
+            if id(target) in owners:  # a layer's weight used without calling the layer
+                problems.append(f"the weight of {owners[id(target)]!r}, used directly")
+            elif n_raw not in target.shape:
+                problems.append(f"a parameter of shape {tuple(target.shape)}")
+            continue
         if target not in names:  # torch-pruning's own nodes (add, cat, reshape, ...)
             continue
-        if graph.is_out_channel_pruning_fn(item.dep.handler):
+        out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        problem = _unsupported(target)
+        if problem:
+            problems.append(f"{names[target]!r} ({type(target).__name__}{problem})")
+            continue
+        blocks = math.lcm(blocks, _blocks(graph, target, out))  # every grouping holds
+        if out:
             pruned.append(names[target])
         else:
             receiving[names[target]] = (target, item.idxs, item.root_idxs)
-    consumers = tuple(
-        Consumer(
-            name=consumer_name,
-            feature_idx=torch.as_tensor(idxs, dtype=torch.long),
-            player_idx=torch.as_tensor(root_idxs, dtype=torch.long),
-            channel_dim=-1 if isinstance(target, nn.Linear) else 1,
-            in_features=target.in_features if isinstance(target, nn.Linear) else target.in_channels,
+    if problems:
+        raise UnprunableLayerError(
+            f"cannot prune the channels of layer {name!r}: they also reach "
+            f"{'; '.join(dict.fromkeys(problems))}, where removing a channel is not what masking "
+            "it at the layers that read it does. Leave the group out with "
+            f"ignored_layers=[{name!r}]",
+            (name, *pruned),
         )
+    if n_raw % blocks:
+        raise UnprunableLayerError(
+            f"cannot prune the channels of layer {name!r}: its {n_raw} channels do not split "
+            f"into the {blocks} equal blocks a grouped layer of the group needs; leave it out "
+            f"with ignored_layers=[{name!r}]"
+        )
+    tied = _tied_channels(graph, group, n_raw)
+    if tied and blocks > 1:
+        raise UnprunableLayerError(
+            f"cannot prune the channels of layer {name!r}: a depthwise convolution ties some of "
+            f"them together and a grouped layer splits them into {blocks} blocks; leave it out "
+            f"with ignored_layers=[{name!r}]",
+            (name, *pruned),
+        )
+    n_players = len(tied) if tied else n_raw // blocks
+    player_of = torch.arange(n_raw) % n_players
+    for player, channels in enumerate(tied):
+        player_of[list(channels)] = player
+
+    def site(site_name: str, target: nn.Module, idxs, root_idxs) -> Consumer:
+        return Consumer(
+            name=site_name,
+            feature_idx=torch.as_tensor(idxs, dtype=torch.long),
+            player_idx=player_of[torch.as_tensor(root_idxs, dtype=torch.long)],
+            channel_dim=-1 if isinstance(target, nn.Linear | nn.LayerNorm) else 1,
+            in_features=_in_features(target),
+        )
+
+    consumers = tuple(
+        site(consumer_name, target, idxs, root_idxs)
         for consumer_name, (target, idxs, root_idxs) in receiving.items()
         if consumer_name not in pruned
     )
@@ -219,12 +301,118 @@ def channel_group(
             f"layer {name!r} has no prunable output channels: they reach the model output without "
             "passing through another layer (is it the classifier head?)"
         )
+    norms = tuple(
+        site(names[item.dep.target.module], item.dep.target.module, item.idxs, item.root_idxs)
+        for item in group.items
+        if _mixes_channels(item.dep.target.module)
+        and graph.is_out_channel_pruning_fn(item.dep.handler)
+    )
     return ChannelGroup(
         layer=name,
-        n_channels=n_channels,
+        n_channels=n_players,
         pruned_layers=tuple(dict.fromkeys(pruned)),
         consumers=consumers,
+        blocks=blocks,
+        norms=tuple({n.name: n for n in norms}.values()),
+        members=tied,
     )
+
+
+def _tied_channels(graph: tp.DependencyGraph, group, n_raw: int) -> tuple[tuple[int, ...], ...]:
+    """The group's channels that pruning removes together although they are different
+    channels of the root: a depthwise convolution of the group whose input channel ``i`` and
+    output channel ``i`` belong to two root channels (torch-pruning removes both when either
+    goes). Empty when there are none."""
+    roots = {
+        item.dep.target.module: dict(zip(item.idxs, item.root_idxs, strict=True))
+        for item in group.items
+        if graph.is_out_channel_pruning_fn(item.dep.handler)
+    }
+    parent = list(range(n_raw))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for module, mapping in roots.items():
+        if not (isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels):
+            continue
+        node = graph.module2node[module]
+        for _ in range(8):  # up through elementwise nodes, which keep channel positions
+            if len(node.inputs) != 1:
+                break
+            node = node.inputs[0]
+            if node.module in roots:
+                for idx, root in mapping.items():
+                    other = roots[node.module].get(idx)
+                    if other is not None:
+                        parent[find(root)] = find(other)
+                break
+    classes: dict[int, list[int]] = {}
+    for channel in range(n_raw):
+        classes.setdefault(find(channel), []).append(channel)
+    if len(classes) == n_raw:
+        return ()
+    return tuple(tuple(c) for c in classes.values())
+
+
+_NORMS = nn.LayerNorm | nn.GroupNorm | tp.ops.TORCH_BATCHNORM | tp.ops.TORCH_INSTANCENORM
+# layers whose channels a removal takes out one by one: masking the readers is pruning them
+_PER_CHANNEL = tp.ops.TORCH_CONV | nn.Linear | _NORMS | nn.PReLU
+
+
+def _unsupported(module: nn.Module) -> str:
+    """Why removing channels at ``module`` is not masking them where they are read ('' if it
+    is): a layer that mixes channels other than by a weight (attention, recurrent layers)."""
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+        return f", normalised over {tuple(module.normalized_shape)}"
+    if _grouped_like_depthwise(module):
+        return (
+            f", {module.in_channels} → {module.out_channels} channels in {module.groups} groups, "
+            "whose groups torch-pruning would shrink with its input channels"
+        )
+    return "" if isinstance(module, _PER_CHANNEL) else ", which mixes them"
+
+
+def _grouped_like_depthwise(module: nn.Module) -> bool:
+    """A grouped convolution with one output channel per group but several inputs, which
+    torch-pruning mistakes for a depthwise one."""
+    return (
+        isinstance(module, tp.ops.TORCH_CONV)
+        and 1 < module.groups == module.out_channels != module.in_channels
+    )
+
+
+def _mixes_channels(module: nn.Module) -> bool:
+    """A normalisation whose statistics pool several channels."""
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups < module.num_channels
+    return isinstance(module, nn.LayerNorm)
+
+
+def _blocks(graph: tp.DependencyGraph, module: nn.Module, out: bool) -> int:
+    """Equal blocks that pruning must keep equal in ``module``'s channels (torch-pruning's
+    channel groups: a grouped convolution's groups, a group norm's groups)."""
+    if isinstance(module, tp.ops.TORCH_CONV) and (
+        module.groups == module.in_channels == module.out_channels
+    ):
+        return 1  # depthwise: channels go one by one, in and out together
+    if isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels:
+        return 1
+    pruner = graph.get_pruner_of_module(module)
+    return pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)
+
+
+def _in_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    return module.in_channels
 
 
 def check_distinct_groups(groups: list[ChannelGroup]) -> None:
@@ -238,15 +426,16 @@ def check_distinct_groups(groups: list[ChannelGroup]) -> None:
                 )
 
 
-def merged_consumers(groups: list[ChannelGroup]) -> dict[str, Consumer]:
-    """The consumers of several groups, players numbered group after group.
+def merged_consumers(groups: list[ChannelGroup], norms: bool = False) -> dict[str, Consumer]:
+    """The consumers of several groups (or, with ``norms``, their channel-mixing
+    normalisations), players numbered group after group.
 
     A consumer fed by several groups (a concatenation) appears once, with all their features.
     """
     parts: dict[str, list[Consumer]] = {}
     offset = 0
     for group in groups:
-        for c in group.consumers:
+        for c in group.norms if norms else group.consumers:
             parts.setdefault(c.name, []).append(
                 Consumer(c.name, c.feature_idx, c.player_idx + offset, c.channel_dim, c.in_features)
             )
@@ -268,7 +457,10 @@ def prunable_layer_names(
 ) -> list[str]:
     """One layer name per prunable group of ``model``, in forward order.
 
-    The classifier head (any group without consumers) and the ``ignored`` layers are left out.
+    Left out: the classifier head (any group without consumers), every group that an
+    ``ignored`` layer belongs to, and the groups that cannot be pruned as the games mask them
+    (channels that pass through attention, say), named in one warning with the
+    ``ignored_layers`` that silences it.
 
     Raises:
         ValueError: If an ``ignored`` name is not a module of the model (the message lists
@@ -279,16 +471,35 @@ def prunable_layer_names(
         ignored, [n for n, _ in model.named_modules()], "ignored", _weighted_layer_names(model)
     )
     graph = build_dependency_graph(model, example_input)
-    names, seen = [], set()
+    names, seen, unprunable = [], set(), {}
     for name, module in model.named_modules():
-        if not isinstance(module, tp.ops.TORCH_CONV | nn.Linear) or name in ignored or name in seen:
+        if (
+            not isinstance(module, tp.ops.TORCH_CONV | nn.Linear)
+            or name in seen
+            or module not in graph.module2node  # never called: part of another module
+        ):
             continue
+        error = None
         try:
-            group = channel_group(model, name, example_input, graph=graph)
+            layers = channel_group(model, name, example_input, graph=graph).pruned_layers
+        except UnprunableLayerError as unprunable_error:
+            error, layers = unprunable_error, unprunable_error.layers
         except ValueError:
             continue
-        seen.update(group.pruned_layers)
-        names.append(name)
+        seen.update(layers)
+        if name in ignored or not set(ignored).isdisjoint(layers):
+            continue  # a group holding an ignored layer
+        if error is not None:
+            unprunable[name] = str(error)
+        else:
+            names.append(name)
+    if unprunable:
+        reasons = "\n".join(f"  {reason}" for reason in unprunable.values())
+        warnings.warn(
+            f"{len(unprunable)} layer(s) of {type(model).__name__} cannot be pruned and are left "
+            f"as they are (pass ignored_layers={sorted(unprunable)} to say so):\n{reasons}",
+            stacklevel=2,
+        )
     return names
 
 
@@ -328,11 +539,16 @@ def group_importance(
         raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
     name, module = resolve_layer(model, layer)
     graph = graph or build_dependency_graph(model, example_input)
+    players = channel_group(model, name, example_input, graph=graph)
     group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
     scores = kind(group) if is_importance(kind) else importances[kind]()(group)
     if scores is None:
         raise ValueError(f"the group of layer {name!r} has no layer that {kind!r} can score")
-    return scores.detach().float().cpu()
+    # a player's score is the mean over its channels, as torch-pruning's over channel groups
+    scores = scores.detach().float().cpu()
+    if players.members:
+        return torch.stack([scores[list(channels)].mean() for channels in players.members])
+    return scores.view(players.blocks, -1).mean(dim=0)
 
 
 def _pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):
@@ -350,15 +566,14 @@ def count_params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tupl
 def channel_costs(
     model: nn.Module, layers: list[str], example_input: torch.Tensor, kind: str = "params"
 ) -> dict[str, float]:
-    """What one channel of each layer's group costs: the parameters (``kind="params"``) or
-    multiply-accumulates (``"macs"``) that removing it saves, measured by removing one channel
-    from a copy (one from each block of a grouped convolution it feeds, the saving shared
-    among them). Layers that cannot lose a channel cost ``inf``.
+    """What one player of each layer's group costs: the parameters (``kind="params"``) or
+    multiply-accumulates (``"macs"``) that removing it saves, measured by removing one from a
+    copy (a player is a channel in every block a grouped layer ties together).
 
     The costs are first-order: a weight joining two pruned layers counts in both layers'
     costs, so their sum over all channels exceeds the prunable total (about twice it in a plain
     chain of pruned layers), and a share of the summed cost removes more than that share of
-    the parameters.
+    the parameters. A layer with one player costs ``inf`` (it cannot lose it).
 
     Raises:
         ValueError: On an unknown ``kind``.
@@ -370,23 +585,11 @@ def channel_costs(
     costs = {}
     for layer in layers:
         trial = copy.deepcopy(model)
-        n = channel_group(trial, layer, example_input).n_channels
-        grouped = grouped_convolutions(trial, layer, example_input)
-        count = next((c for c in valid_removal_counts(grouped, n) if c > 0), None)
-        if count is None:
+        if channel_group(trial, layer, example_input).n_channels < 2:
             costs[layer] = float("inf")
             continue
-        channels = [0]
-        if grouped:  # the first channels of each block, as many from each
-            blocks, per_block = grouped[0].block, count // grouped[0].groups
-            channels = [
-                int(i)
-                for b in range(grouped[0].groups)
-                for i in torch.nonzero(blocks == b).flatten()[:per_block]
-            ]
-        _remove(trial, {layer: channels}, example_input)
-        saved = total - count_params_and_macs(trial, example_input)[index]
-        costs[layer] = float(saved / count)
+        _remove(trial, {layer: [0]}, example_input)
+        costs[layer] = float(total - count_params_and_macs(trial, example_input)[index])
     return costs
 
 
@@ -493,208 +696,14 @@ def _remove(
                 "keep at least one (lower the ratio or set a minimum)"
             )
         plans.append((layer, channels))
-    check_grouped_convolutions(
-        {
-            layer: grouped_convolutions(model, layer, example_input, graph)
-            for layer, channels in plans
-            if channels
-        },
-        dict(plans),
-    )
     history = []
     with _preserved_state(model):
         for layer, channels in plans:
             if channels:
-                group = _pruning_group(graph, model.get_submodule(layer), channels)
-                fixes = _grouped_input_weights(graph, group)
-                group.prune()
-                for module, weight, grad in fixes:
-                    module.weight = nn.Parameter(weight)
-                    module.weight.grad = grad
+                raw = groups[layer].channels(channels)
+                _pruning_group(graph, model.get_submodule(layer), raw).prune()
                 history.append({"op": "prune", "layer": layer, "channels": channels})
     return history
-
-
-@dataclass(frozen=True)
-class GroupedConvolution:
-    """A grouped convolution that a layer's channels feed (``side="in"``) or are (``"out"``).
-
-    Its ``groups`` blocks of channels on that side must all lose the same number of channels,
-    and each keep at least one.
-
-    Attributes:
-        name: Qualified name of the convolution.
-        side: ``"in"`` or ``"out"``.
-        groups: The convolution's ``groups``.
-        block: ``[n_channels]`` the block of each of the layer's channels, -1 where the channel
-            does not reach the convolution.
-        block_size: Channels per block on that side.
-    """
-
-    name: str
-    side: str
-    groups: int
-    block: torch.Tensor
-    block_size: int
-
-    def counts(self, removed: list[int]) -> torch.Tensor:
-        """``[groups]`` how many of the ``removed`` channels fall in each block."""
-        blocks = self.block[torch.as_tensor(removed, dtype=torch.long)]
-        return torch.bincount(blocks[blocks >= 0], minlength=self.groups)
-
-    def holds(self, removed: list[int]) -> bool:
-        """Whether removing ``removed`` leaves every block the same size, none empty."""
-        counts = self.counts(removed)
-        return bool((counts == counts[0]).all()) and int(counts[0]) < self.block_size
-
-    @property
-    def covers_all(self) -> bool:
-        """Whether every channel of the layer lies in a block and the blocks are all full."""
-        return bool((self.block >= 0).all()) and len(self.block) == self.groups * self.block_size
-
-
-def grouped_convolutions(
-    model: nn.Module,
-    layer: str,
-    example_input: torch.Tensor,
-    graph: tp.DependencyGraph | None = None,
-) -> list[GroupedConvolution]:
-    """The grouped convolutions whose channels go with ``layer``'s (depthwise ones, whose
-    groups shrink with their channels, excepted).
-
-    Raises:
-        ValueError: As :func:`channel_group`, or where a convolution's groups cannot follow
-            its channels at all (a depthwise convolution with a channel multiplier).
-    """
-    name, module = resolve_layer(model, layer)
-    if not any(isinstance(m, tp.ops.TORCH_CONV) and m.groups > 1 for m in model.modules()):
-        return []
-    graph = graph or build_dependency_graph(model, example_input)
-    n_channels = graph.get_out_channels(module)
-    names = {m: n for n, m in model.named_modules()}
-    with _preserved_state(model):
-        group = _pruning_group(graph, module, list(range(n_channels)))
-    found = []
-    for item in group.items:
-        conv = item.dep.target.module
-        if not isinstance(conv, tp.ops.TORCH_CONV) or conv.groups == 1:
-            continue
-        if conv.groups == conv.out_channels:
-            if conv.in_channels == conv.out_channels:
-                continue  # depthwise: torch-pruning shrinks its groups with its channels
-            raise ValueError(
-                f"layer {name!r} feeds the convolution {names.get(conv, '?')!r} "
-                f"({conv.in_channels} → {conv.out_channels} channels, groups={conv.groups}), "
-                "whose groups torch-pruning cannot shrink with its input channels; leave "
-                f"{name!r} out (ignored_layers)"
-            )
-        side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-        size = conv.out_channels if side == "out" else conv.in_channels
-        block = torch.full((n_channels,), -1, dtype=torch.long)
-        block_size = size // conv.groups
-        block[torch.as_tensor(item.root_idxs, dtype=torch.long)] = (
-            torch.as_tensor(item.idxs, dtype=torch.long) // block_size
-        )
-        found.append(GroupedConvolution(names[conv], side, conv.groups, block, block_size))
-    return found
-
-
-def valid_removal_counts(convolutions: list[GroupedConvolution], n_channels: int) -> list[int]:
-    """How many channels a layer of ``n_channels`` can lose through ``convolutions``: the
-    counts that every convolution's blocks can share evenly, each block keeping one."""
-    return [
-        count
-        for count in range(n_channels)
-        if all(
-            c.covers_all and count % c.groups == 0 and count // c.groups < c.block_size
-            for c in convolutions
-        )
-    ]
-
-
-def check_grouped_convolutions(
-    convolutions: dict[str, list[GroupedConvolution]], removed: dict[str, list[int]]
-) -> None:
-    """Raise ``ValueError`` unless every grouped convolution loses the same number of channels
-    in each of its blocks (and keeps one in each), over all the layers of a plan."""
-    totals: dict[tuple[str, str], tuple[GroupedConvolution, torch.Tensor, list[str]]] = {}
-    for layer, found in convolutions.items():
-        for conv in found:
-            counts = conv.counts(removed.get(layer, []))
-            key = (conv.name, conv.side)
-            if key in totals:
-                first, total, layers = totals[key]
-                totals[key] = (first, total + counts, [*layers, layer])
-            else:
-                totals[key] = (conv, counts, [layer])
-    for conv, counts, layers in totals.values():
-        if counts.sum() == 0 or (
-            bool((counts == counts[0]).all()) and int(counts[0]) < conv.block_size
-        ):
-            continue
-        valid = valid_removal_counts(convolutions[layers[0]], len(conv.block))
-        shown = ", ".join(map(str, valid[:12])) + (", ..." if len(valid) > 12 else "")
-        how = (
-            f"valid counts for {layers[0]!r}: {shown}"
-            if len(layers) == 1 and len(valid) > 1
-            else f"leave {' or '.join(repr(x) for x in layers)} out (ignored_layers)"
-        )
-        raise ValueError(
-            f"the plan removes {counts.tolist()} channels from the {conv.groups} blocks of "
-            f"{conv.block_size} {conv.side}put channels of the grouped convolution "
-            f"{conv.name!r} (through {', '.join(repr(x) for x in layers)}); a grouped "
-            "convolution must lose the same number of channels in every block and keep at "
-            f"least one in each: {how}. make_plan's scores let prune() round the count itself"
-        )
-
-
-def _grouped_input_weights(
-    graph: tp.DependencyGraph, group
-) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]]:
-    """The weights grouped convolutions must have after losing the group's input channels.
-
-    torch-pruning keeps the same in-block positions in every block (those of the first);
-    with the blocks' own positions, any even removal is exact.
-    """
-    fixes = []
-    for item in group.items:
-        conv = item.dep.target.module
-        if (
-            not isinstance(conv, tp.ops.TORCH_CONV)
-            or conv.groups == 1
-            or conv.groups == conv.out_channels
-            or graph.is_out_channel_pruning_fn(item.dep.handler)
-        ):
-            continue
-        gone = set(int(i) for i in item.idxs)
-        keep = torch.tensor([i for i in range(conv.in_channels) if i not in gone])
-        fixes.append(
-            (
-                conv,
-                _grouped_input_selection(conv, conv.weight.detach(), keep),
-                None
-                if conv.weight.grad is None
-                else _grouped_input_selection(conv, conv.weight.grad, keep),
-            )
-        )
-    return fixes
-
-
-def _grouped_input_selection(
-    conv: nn.Module, weight: torch.Tensor, keep: torch.Tensor
-) -> torch.Tensor:
-    """``weight`` of a grouped convolution reading only the input channels ``keep``."""
-    keep = keep.to(weight.device)
-    if conv.transposed:  # [in, out / groups, ...]: input channels are whole rows
-        return weight.index_select(0, keep).clone()
-    # [out, in / groups, ...]: each output block reads its own input block's kept positions
-    per_block = conv.in_channels // conv.groups
-    out_per_block = conv.out_channels // conv.groups
-    rows = []
-    for b in range(conv.groups):
-        mine = keep[(keep >= b * per_block) & (keep < (b + 1) * per_block)] - b * per_block
-        rows.append(weight[b * out_per_block : (b + 1) * out_per_block].index_select(1, mine))
-    return torch.cat(rows).clone()
 
 
 def _add_to_bias(model: nn.Module, name: str, update: torch.Tensor | None) -> dict:

@@ -132,7 +132,7 @@ class PruningSession:
                 result.n_evals += scores.n_evals
                 plan = self._plan(scores.values, ratio)
                 removed = plan.removed if self.decide is None else self.decide(plan.removed)
-                plan = dataclasses.replace(plan, removed=removed)  # scores kept for rounding
+                plan = dataclasses.replace(plan, removed=removed)
                 report = prune(model, plan, inputs, compensation=compensation,
                                reference=backup,
                                count_macs=False)  # fmt: skip

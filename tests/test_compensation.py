@@ -90,17 +90,50 @@ def test_too_few_samples_for_a_linear_consumer_warn_and_stay_near_the_original()
     assert (pruned[2].weight - net[2].weight[:, kept]).abs().max() < 1.0
 
 
-def test_unsupported_consumers_and_choices_raise_and_leave_the_model_unchanged():
-    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(),
-                        nn.Linear(4 * 16, 3))  # fmt: skip
+def test_grouped_consumers_are_refit_group_by_group():
+    """A grouped consumer: a player is the same channel of both blocks, and each block's
+    outputs are refit on that block's kept channels (here they can stand in exactly)."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(2, 8, 3), nn.Conv2d(8, 6, 3, groups=2), nn.Flatten(),
+                        nn.Linear(6 * 16, 3))  # fmt: skip
+    with torch.no_grad():
+        w, b = net[0].weight, net[0].bias
+        w[3], b[3] = 2 * w[0] - w[1], 2 * b[0] - b[1]  # block 0
+        w[7], b[7] = w[4] + w[5], b[4] + b[5]  # block 1
+    x = torch.randn(32, 2, 8, 8)
+    with torch.no_grad():
+        before = net(x)
+    plan = PruningPlan({"0": [3]}, {"0": 4}, 0.25)
+    errors = {}
+    for compensation in ("none", "mean", "least_squares"):
+        pruned = copy.deepcopy(net)
+        prune(pruned, plan, x, compensation=compensation)
+        assert pruned[0].out_channels == 6 and pruned[1].weight.shape == (6, 3, 3, 3)
+        with torch.no_grad():
+            errors[compensation] = ((pruned(x) - before).abs().max() / before.abs().max()).item()
+    assert errors["least_squares"] < 5e-3 and 10 * errors["least_squares"] < errors["mean"]
+    assert errors["mean"] < errors["none"]
+    with pytest.warns(UserWarning, match="regression folding: left 1 consumer.*groups=2"):
+        prune(copy.deepcopy(net), plan, x, compensation="regression")
+
+
+def test_consumers_that_cannot_be_refit_are_left_as_they_are_with_one_warning():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+                        nn.Flatten(), nn.Linear(4 * 36, 3))  # fmt: skip
+    x = torch.randn(4, 2, 8, 8)
+    pruned = copy.deepcopy(net)
+    with pytest.warns(UserWarning, match="least-squares refit: left 1 consumer.*'1' \\(Conv2d"):
+        prune(pruned, PruningPlan({"0": [0, 1]}, {"0": 4}, 0.5), x, compensation="least_squares")
+    assert torch.equal(pruned[1].weight, net[1].weight[:, 2:])
+
+
+def test_unknown_compensations_raise_and_leave_the_model_unchanged():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3))
     x = torch.randn(4, 2, 8, 8)
     state = copy.deepcopy(net.state_dict())
-    for compensation in ("mean", "regression", "least_squares"):
-        with pytest.raises(ValueError, match="groups=2"):
-            prune(net, PruningPlan({"0": [0, 1]}, {"0": 4}, 0.5), x, compensation=compensation)
-    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
     with pytest.raises(ValueError, match="compensation='refit'"):
         prune(net, PruningPlan({"0": [0]}, {"0": 4}, 0.25), x, compensation="refit")
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
     with pytest.raises(ValueError, match="compensation='x'"):
         resolve_compensation("x", "zero")
     assert resolve_compensation("auto", "zero") == "none"

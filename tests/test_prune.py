@@ -17,7 +17,7 @@ from lightning_shapley.metrics import choose_metric, value_function
 from lightning_shapley.models import DigitsCNN
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
-from lightning_shapley.pruning import apply_plan
+from lightning_shapley.pruning import apply_plan, channel_group
 from tests.conftest import BranchyNet, ConcatNet, randomize_batchnorm
 
 ARCHITECTURES = [
@@ -190,70 +190,58 @@ class GroupedNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_grouped_convolutions_lose_channels_evenly_by_score_and_the_result_runs():
+def test_a_player_of_a_grouped_layer_is_one_channel_in_every_block_and_pruning_it_runs():
     torch.manual_seed(0)
     model = randomize_batchnorm(GroupedNet())
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
     layers = ["conv1", "conv2", "conv3"]
+    # conv2's 3 groups tie conv1's and conv2's 12 channels into 4 players; conv4's 4 groups
+    # tie conv3's 8 into 2
+    assert [channel_group(model, n, x[:1]).n_channels for n in layers] == [4, 4, 2]
     game = ChannelGame(copy.deepcopy(model), layers, (x, y), strategy="full")
-    scores = {layer: torch.randperm(model.get_submodule(layer).out_channels).float()
-              for layer in layers}  # fmt: skip
-    plan = make_plan(scores, {"conv1": 7 / 12, "conv2": 7 / 12, "conv3": 5 / 8})
-    with pytest.warns(UserWarning, match="grouped convolutions") as caught:
-        report = prune(model, plan, (x, y))
-    assert "'conv1' 7 → 6, 'conv2' 7 → 6, 'conv3' 5 → 4" in str(caught[0].message)
-    assert report.adjusted == {"conv1": (7, 6), "conv2": (7, 6), "conv3": (5, 4)}
-    assert report.channels_after == {"conv1": 6, "conv2": 6, "conv3": 4}
-    assert "evenly across the blocks" in report.table()
-    removed = {step["layer"]: step["channels"] for step in report.history}
-    for layer, blocks, per_block in (("conv1", 3, 2), ("conv2", 3, 2), ("conv3", 4, 1)):
-        size = len(scores[layer]) // blocks
-        for b in range(blocks):  # the lowest-scored of each block
-            block = scores[layer][b * size : (b + 1) * size]
-            expected = (torch.argsort(block)[:per_block] + b * size).sort().values.tolist()
-            assert [c for c in removed[layer] if b * size <= c < (b + 1) * size] == expected
-    # the pruned model runs and computes what the masked game evaluated
-    mask = torch.ones(1, game.n_players, dtype=torch.bool)
-    for offset, layer in zip((0, 12, 24), layers, strict=True):
-        mask[0, [offset + c for c in removed[layer]]] = False
-    with torch.no_grad():
-        assert -F.cross_entropy(model(x), y).item() == pytest.approx(game(mask).item(), abs=1e-5)
+    plan = make_plan({"conv1": torch.rand(4), "conv2": torch.rand(4), "conv3": torch.rand(2)}, 0.5)
+    report = prune(model, plan, (x, y))
+    assert report.channels_after == {"conv1": 2, "conv2": 2, "conv3": 1}
     assert (model.conv2.in_channels, model.conv2.out_channels, model.conv2.groups) == (6, 6, 3)
     assert (model.conv4.in_channels, model.conv4.groups) == (4, 4)
+    # the pruned model computes what the masked game evaluated
+    mask = torch.ones(1, game.n_players, dtype=torch.bool)
+    for offset, layer in zip((0, 4, 8), layers, strict=True):
+        mask[0, [offset + c for c in plan.removed[layer]]] = False
+    with torch.no_grad():
+        assert -F.cross_entropy(model(x), y).item() == pytest.approx(game(mask).item(), abs=1e-5)
 
 
-def test_a_plan_a_grouped_convolution_cannot_hold_is_refused_before_any_change():
+def test_groupings_that_leave_no_even_removal_make_one_player_that_is_never_removed():
     model = GroupedNet(crossed=True).eval()
     x = torch.randn(2, 3, 8, 8)
+    # conv2's output blocks (3 of 4) feed conv3's input blocks (4 of 3): only all 12 together
+    assert channel_group(model, "conv2", x[:1]).n_channels == 1
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    uneven = PruningPlan({"conv1": [0, 1, 2]}, {"conv1": 12}, 0.25)  # all from block 0: no scores
-    with pytest.raises(ValueError, match=r"grouped convolution 'conv2'.*'conv1': 0, 3, 6, 9\."):
-        prune(model, uneven, x)
-    # conv2's output blocks (3 of 4) feed conv3's input blocks (4 of 3): only 0 fits both
-    crossed = make_plan({"conv2": torch.rand(12)}, 0.5)
-    with pytest.raises(ValueError, match=r"grouped convolution 'conv.'.*leave 'conv2' out"):
-        prune(model, crossed, x)
+    with pytest.raises(ValueError, match="would empty it"):
+        prune(model, PruningPlan({"conv2": [0]}, {"conv2": 1}, 0.5), x)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    plan = make_plan({"conv1": torch.rand(4), "conv2": torch.rand(1)}, 0.5)
+    assert prune(model, plan, x).channels_after == {"conv1": 2, "conv2": 1}
     assert model(x).shape == (2, 10)
 
 
 def test_convolutions_whose_groups_cannot_lose_channels():
     x = torch.randn(2, 3, 8, 8)
-    # a depthwise convolution with a channel multiplier: one input channel per block
+    # a depthwise convolution with a channel multiplier: the four inputs are one player
     model = nn.Sequential(
         nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=4), nn.ReLU(),
         nn.Flatten(), nn.Linear(8 * 6 * 6, 3),
     )  # fmt: skip
-    with pytest.warns(UserWarning, match="'0' 2 → 0"):
-        report = prune(model, make_plan({"0": torch.rand(4)}, 0.5), x)
-    assert report.channels_after == {"0": 4} and model(x).shape == (2, 3)
+    report = prune(model, make_plan({"0": torch.rand(1)}, 0.5), x)
+    assert report.channels_after == {"0": 1} and model[0].out_channels == 4
     # two input channels per group where torch-pruning sees a depthwise convolution
     model = nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, groups=4), nn.ReLU(),
         nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"'0' feeds the convolution '2' \(8 → 4 channels"):
-        prune(model, make_plan({"0": torch.rand(8)}, 0.5), x)
+    with pytest.raises(ValueError, match=r"'2' \(Conv2d, 8 → 4 channels in 4 groups.*ignored"):
+        channel_group(model, "0", x[:1])
     assert model[0].out_channels == 8 and model(x).shape == (2, 3)
 
 

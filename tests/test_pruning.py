@@ -1,20 +1,27 @@
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from lightning_shapley import ChannelGame
+from lightning_shapley.criteria import EliminationCriterion
 from lightning_shapley.models import CifarResNet, LeNet5
+from lightning_shapley.plan import make_plan
+from lightning_shapley.prune import prune
 from lightning_shapley.pruning import (
+    UnprunableLayerError,
     channel_costs,
     channel_group,
+    group_importance,
     prunable_layer_names,
     resolve_layer,
 )
-from tests.conftest import ConcatNet
-from tests.test_prune import GroupedNet
+from tests.conftest import ConcatNet, randomize_batchnorm
 
 
 def test_group_of_a_residual_stream_holds_every_coupled_layer():
@@ -110,10 +117,106 @@ def test_channel_costs_are_what_removing_one_channel_saves():
         channel_costs(model, ["0"], example, "flops")
 
 
-def test_channel_costs_through_grouped_convolutions_share_an_even_removal():
-    example = torch.randn(1, 3, 8, 8)
-    costs = channel_costs(GroupedNet(), ["conv1", "conv3"], example)
-    # conv1: its 1×1 weights and bias, the batch norm's scale and shift, and a block of 4
-    # output channels × 3×3 in the grouped conv2 (3 removed, one per block)
-    assert costs == {"conv1": 3 + 1 + 2 + 4 * 9, "conv3": 12 + 1 + 2 * 9}
-    assert channel_costs(GroupedNet(crossed=True), ["conv2"], example) == {"conv2": float("inf")}
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand, depthwise, project; the expansion's group holds the
+    depthwise conv (in and out together) and ends at the projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(4, 12, 1), nn.BatchNorm2d(12), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                                       nn.BatchNorm2d(12), nn.ReLU6())  # fmt: skip
+        self.project = nn.Conv2d(12, 4, 1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_depthwise_conv_goes_with_its_producer_channel_by_channel():
+    model = randomize_batchnorm(InvertedResidual())
+    x = torch.randn(6, 4, 8, 8)
+    group = channel_group(model, "expand.0", x[:1])
+    assert group.blocks == 1 and group.n_channels == 12
+    assert "depthwise.0" in group.pruned_layers
+    assert [c.name for c in group.consumers] == ["project"]
+    game = ChannelGame(model, "expand.0", x, metric="kl", ablation="regression")
+    scores = EliminationCriterion().score(model, ["expand.0"], x, cut=0.5)
+    plan = make_plan(scores.values, 0.5)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[0, plan.removed["expand.0"]] = False
+    zero = ChannelGame(model, "expand.0", (x, torch.zeros(6, dtype=torch.long)),
+                       metric=lambda logits, t: logits.flatten(1).sum(1))  # fmt: skip
+    masked = zero._logits(mask)[0]
+    pruned = copy.deepcopy(model)
+    prune(pruned, plan, x)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
+    prune(model, plan, x, compensation="least_squares")  # the default refit
+    assert model.depthwise[0].groups == 6 and model.project.in_channels == 6
+    assert game.n_players == 12
+
+
+def tiny_vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=24,
+        num_classes=3,
+    ).eval()  # fmt: skip
+
+
+def test_attention_groups_are_left_out_with_one_warning_and_refused_when_asked_for():
+    model = tiny_vit()
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.warns(UserWarning, match=r"cannot be pruned.*ignored_layers=\['conv_proj'"):
+        layers = prunable_layer_names(model, x[:1])
+    assert layers == ["encoder.layers.encoder_layer_0.mlp.0"]  # the MLP's hidden features
+    with pytest.raises(UnprunableLayerError, match=r"MultiheadAttention.*ignored_layers"):
+        channel_group(model, "conv_proj", x[:1])
+    with pytest.raises(UnprunableLayerError, match="never calls it as a module"):
+        channel_group(model, "encoder.layers.encoder_layer_0.self_attention.out_proj", x[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ignoring the group silences the warning
+        assert prunable_layer_names(model, x[:1], ignored=("conv_proj",)) == layers
+    scores = EliminationCriterion().score(model, layers, x, cut=0.25)
+    prune(model, make_plan(scores.values, 0.25), x, compensation="least_squares")
+    assert model.encoder.layers[0].mlp[0].out_features == 18
+    assert torch.isfinite(model(x)).all()
+
+
+class GhostBlock(nn.Module):
+    """GhostNet's module on a residual stream: the stream's channels ``i`` and ``i + 4`` are a
+    primary channel and the depthwise "cheap" channel computed from it, so pruning either
+    removes both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.hidden = nn.Conv2d(8, 6, 1)
+        self.primary = nn.Sequential(nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4))
+        self.cheap = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4))
+        self.mix = nn.Conv2d(8, 5, 3)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        primary = self.primary(torch.relu(self.hidden(x)))
+        x = x + torch.cat([primary, self.cheap(primary)], dim=1)
+        return self.head(torch.relu(self.mix(x)).mean(dim=(2, 3)))
+
+
+def test_channels_tied_by_a_depthwise_conv_are_one_player():
+    model = randomize_batchnorm(GhostBlock())
+    x = torch.randn(4, 3, 8, 8)
+    group = channel_group(model, "stem.0", x[:1])
+    assert group.n_channels == 4 and group.members == ((0, 4), (1, 5), (2, 6), (3, 7))
+    assert group_importance(model, "stem.0", "l1", x[:1]).shape == (4,)
+    game = ChannelGame(model, "stem.0", (x, torch.zeros(4, dtype=torch.long)),
+                       metric=lambda logits, t: logits.sum())  # fmt: skip
+    mask = torch.tensor([[True, False, True, False]])
+    masked = game._logits(mask)[0]
+    pruned = copy.deepcopy(model)
+    prune(pruned, make_plan({"stem.0": mask[0].float()}, 0.5), x)
+    assert pruned.stem[0].out_channels == 4 and pruned.cheap[0].groups == 2
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)

@@ -54,21 +54,3 @@ def test_a_stop_between_layers_leaves_the_model_as_it_was():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     optimizer.step()
     assert not torch.equal(model[0].weight, state["0.weight"])
-
-
-def test_a_decided_plan_keeps_its_scores_so_grouped_convolutions_are_rounded():
-    from tests.test_prune import GroupedNet
-
-    torch.manual_seed(0)
-    model, x, y = GroupedNet(), torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
-    decided = []
-
-    def decide(removed):  # e.g. a broadcast from rank 0
-        decided.append(removed)
-        return removed
-
-    session = PruningSession(criterion_by_name("l1"), compensation="none", decide=decide)
-    with pytest.warns(UserWarning, match="grouped convolutions"):
-        result = session.run(model, ["conv1"], x, y, 7 / 12)
-    assert decided and result.channels == {"conv1": 6}  # 7 asked, rounded to 2 per block
-    model(x)  # runs

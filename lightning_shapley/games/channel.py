@@ -14,8 +14,10 @@ from lightning_shapley.games.base import check_masks
 from lightning_shapley.games.masking import (
     ConsumerMask,
     ConsumerRefit,
+    NormMask,
     consumer_input_means,
     linear_imputations,
+    norm_masks,
 )
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
 from lightning_shapley.games.surrogate import QuadraticGame, fisher_gram
@@ -28,7 +30,7 @@ from lightning_shapley.pruning import (
     check_distinct_groups,
     merged_consumers,
 )
-from lightning_shapley.refit import check_refittable, input_grams
+from lightning_shapley.refit import input_grams, refittable
 
 __all__ = ["ABLATIONS", "STRATEGIES", "ChannelGame"]
 
@@ -126,7 +128,8 @@ class ChannelGame:
         self.groups = _groups(model, layers, self._batches[0][:1])
         self.n_players = sum(g.n_channels for g in self.groups)
         with evaluating(model):
-            self._masks = self._consumer_masks()
+            self._masks = {**self._consumer_masks(), **norm_masks(self.groups)}
+            self._module_names = {model.get_submodule(name): name for name in self._masks}
             self._program, self._caches = self._build_program(strategy)
             per_coalition = (
                 self._program.peak_bytes(self._caches[0], self._ones(1))
@@ -182,7 +185,12 @@ class ChannelGame:
         return torch.cat(chunks)
 
     def _conv_consumers(self) -> set[str]:
-        return {n for n in self._masks if not isinstance(self.model.get_submodule(n), nn.Linear)}
+        return {
+            n
+            for n, mask in self._masks.items()
+            if isinstance(mask, ConsumerMask)
+            and not isinstance(self.model.get_submodule(n), nn.Linear)
+        }
 
     def _ones(self, m: int) -> torch.Tensor:
         """Float masks ``[m, n_players]`` keeping everyone, on the data's device and dtype."""
@@ -209,15 +217,17 @@ class ChannelGame:
             first = args[0].view(m, batch, *args[0].shape[1:])
             return (self._masks[name].apply(first, masks).flatten(0, 1), *args[1:])
 
-        def refit_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        def replace_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             mask = self._masks[self._module_names[module]]
+            if isinstance(mask, NormMask):
+                return mask.forward(module, args, masks)
             x = args[0].view(m, batch, *args[0].shape[1:])
             return mask.refit.outputs(x, mask.feature_masks(masks).bool())
 
         handles = [
             self.model.get_submodule(name).register_forward_pre_hook(mask_input)
-            if mask.refit is None
-            else self.model.get_submodule(name).register_forward_hook(refit_output)
+            if isinstance(mask, ConsumerMask) and mask.refit is None
+            else self.model.get_submodule(name).register_forward_hook(replace_output)
             for name, mask in self._masks.items()
         ]
         try:
@@ -245,23 +255,36 @@ class ChannelGame:
     def _consumer_masks(self) -> dict[str, ConsumerMask]:
         """One mask per consumer; players numbered group after group."""
         consumers = merged_consumers(self.groups)
-        self._module_names = {self.model.get_submodule(name): name for name in consumers}
         if self.ablation == "zero":
             return {name: ConsumerMask(c) for name, c in consumers.items()}
         if self.ablation == "refit":
             modules = {name: self.model.get_submodule(name) for name in consumers}
-            for name, module in modules.items():
-                check_refittable(name, module)
-            grams = input_grams(self.model, modules, self._batches, folds=2)
+            fixed = [name for name, module in modules.items() if not refittable(module)]
+            if fixed:
+                warnings.warn(
+                    f"refit ablation: {', '.join(map(repr, fixed))} cannot be refit (neither "
+                    "linear nor zero-padded 2-d convolutions); removed channels are zeroed there, "
+                    "as pruning leaves them",
+                    stacklevel=3,
+                )
+            refit = {name: m for name, m in modules.items() if name not in fixed}
+            grams = input_grams(self.model, refit, self._batches, folds=2)
             return {
-                name: ConsumerMask(c, refit=ConsumerRefit(modules[name], grams[name][0]))
+                name: ConsumerMask(c, refit=ConsumerRefit(refit[name], grams[name][0]))
+                if name in refit
+                else ConsumerMask(c)
                 for name, c in consumers.items()
             }
         means = consumer_input_means(self.model, consumers, self._batches)
         if self.ablation == "mean":
             return {name: ConsumerMask(c, means[name]) for name, c in consumers.items()}
         imputations = linear_imputations(self.model, consumers, self._batches, means)
-        return {name: ConsumerMask(c, None, imputations[name]) for name, c in consumers.items()}
+        return {
+            name: ConsumerMask(c, imputation=imputations[name])
+            if name in imputations
+            else ConsumerMask(c, means[name])
+            for name, c in consumers.items()
+        }
 
     def _build_program(self, strategy: str) -> tuple[SuffixProgram | None, list[PrefixCache]]:
         """Trace the model, cache the prefix, check the suffix against full forwards.
@@ -273,7 +296,7 @@ class ChannelGame:
         budget = self.memory_budget // 2 // len(self._batches) if strategy == "auto" else 0
         first = self._batches[0]
         try:
-            graph = fx.symbolic_trace(self.model).graph
+            graph = _LeafTracer(set(self._masks)).trace(self.model)
             program = SuffixProgram(self.model, graph, self._masks, self.n_players, budget)
             cache = program.run_prefix(first)
             masks = self._ones(2)
@@ -308,6 +331,18 @@ class ChannelGame:
             f"ChannelGame(layers=[{layers}], n_players={self.n_players}, "
             f"strategy={self.strategy!r}, ablation={self.ablation!r}, n_evals={self.n_evals})"
         )
+
+
+class _LeafTracer(fx.Tracer):
+    """``torch.fx`` tracing that keeps the masked modules whole (a ``LayerNorm2d`` defined
+    outside ``torch.nn`` would otherwise be traced into and its mask lost)."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
 
 
 class _ChunkTuner:

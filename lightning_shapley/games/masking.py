@@ -10,24 +10,32 @@ bias (see :mod:`~lightning_shapley.compensation`).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lightning_shapley.hooks import watch_inputs
-from lightning_shapley.pruning import Consumer
-from lightning_shapley.refit import kept_columns, refit_parameters
+from lightning_shapley.pruning import Consumer, merged_consumers
+from lightning_shapley.refit import kept_columns, refit_parameters, spd_solve
 
 __all__ = [
     "ConsumerMask",
     "ConsumerRefit",
     "LinearImputation",
+    "NormMask",
     "consumer_input_means",
     "factorize",
     "linear_imputations",
+    "norm_masks",
+    "pruned_normalisations",
 ]
 
-MAX_IMPUTED_PLAYERS = 1024
+_RANK_TOLERANCE = 1e-10  # eigenvalues below this share of the largest add no rank
 
 
 class LinearImputation:
@@ -41,11 +49,17 @@ class LinearImputation:
     are refit can achieve (neuron merging is the special case of one stand-in per channel).
     ``λ`` is ``ridge`` times the mean variance.
 
+    ``Σ = W Wᵀ`` is held as a factor ``W`` ``[p, r]`` whose rank ``r`` is at most the number of
+    samples it was estimated on (dead, constant and duplicated channels add none), and the
+    prediction is computed as ``Σ_{:,K} (Σ_KK + λI)⁻¹ = W (λI + W_Kᵀ W_K)⁻¹ W_Kᵀ``: one
+    ``r × r`` symmetric positive-definite solve per coalition, which cannot be singular, and
+    which stays small for a consumer that reads thousands of channels from few samples.
+
     Args:
         layout: ``[p, f]`` the consumer input features of each present player, in player order.
         players: ``[p]`` the player index of each row of ``layout``.
         mean: ``[p, f]`` feature means.
-        covariance: ``[p, p]`` player covariance.
+        factor: ``[p, r]`` a factor ``W`` of the player covariance, ``Σ = W Wᵀ``.
         ridge: Relative ridge ``λ``.
     """
 
@@ -54,31 +68,71 @@ class LinearImputation:
         layout: torch.Tensor,
         players: torch.Tensor,
         mean: torch.Tensor,
-        covariance: torch.Tensor,
+        factor: torch.Tensor,
         ridge: float = 1e-3,
     ) -> None:
         self.layout, self.players, self.mean = layout, players, mean
-        self.covariance = covariance.double()
-        self.ridge = ridge * float(self.covariance.diagonal().mean().clamp_min(1e-12))
+        self.factor = factor.double()
+        variance = float(self.factor.pow(2).sum()) / max(1, len(self.factor))
+        self.ridge = ridge * variance if variance > 0 else 1.0
+
+    @classmethod
+    def from_samples(
+        cls,
+        layout: torch.Tensor,
+        players: torch.Tensor,
+        mean: torch.Tensor,
+        gram: torch.Tensor,
+        count: int,
+        rows: torch.Tensor | None = None,
+        ridge: float = 1e-3,
+    ) -> LinearImputation:
+        """From the centred samples' Gram matrix ``gram`` ``[p, p]`` over ``count`` rows, or the
+        rows ``[count, p]`` themselves when there are no more of them than players (then they
+        are the factor, of rank ``count``)."""
+        if rows is not None and len(rows) <= len(gram):
+            return cls(layout, players, mean, rows.double().T / max(1, count) ** 0.5, ridge)
+        values, vectors = torch.linalg.eigh(gram.double() / max(1, count))
+        keep = values > _RANK_TOLERANCE * values[-1].clamp_min(0)
+        factor = vectors[:, keep] * values[keep].sqrt()
+        return cls(layout, players, mean, factor, ridge)
+
+    @property
+    def rank(self) -> int:
+        return self.factor.shape[1]
+
+    def _systems(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``D W`` ``[m, p, r]`` (removed rows zero) and ``λI + W_Kᵀ W_K`` ``[m, r, r]``."""
+        factor = self.factor.to(kept.device)
+        kept_factor = factor * kept.to(torch.float64).unsqueeze(2)
+        eye = torch.eye(self.rank, dtype=torch.float64, device=kept.device)
+        return kept_factor, kept_factor.mT @ factor + self.ridge * eye
 
     def predictors(self, kept: torch.Tensor) -> torch.Tensor:
         """``[m, p, p]`` matrices ``G`` with ``x̂ − μ = G (x − μ)`` for kept sets ``[m, p]``
         (bool): ``Σ_{:,K} (Σ_KK + λI)⁻¹`` embedded, zero in removed columns."""
-        d = kept.double()
-        outer = d.unsqueeze(2) * d.unsqueeze(1)
-        eye = torch.eye(len(self.covariance), dtype=torch.float64, device=kept.device)
-        system = self.covariance * outer + eye * (1 - d + self.ridge * d).unsqueeze(1)
-        right = d.unsqueeze(2) * self.covariance  # D Σ
-        return (d.unsqueeze(2) * torch.linalg.solve(system, right)).transpose(1, 2)
+        kept_factor, system = self._systems(kept)
+        return self.factor.to(kept.device) @ spd_solve(system, kept_factor.mT)
 
     def fill(self, y: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """Replace removed players' features in ``y`` ``[m or 1, B, p, f, ...]`` by their
         prediction from the kept ones (``kept`` ``[m, p]``)."""
         shape = [1, 1, -1, self.layout.shape[1]] + [1] * (y.dim() - 4)
         centred = y - self.mean.view(shape)
-        g = self.predictors(kept).to(y.dtype)  # [m, p, p]
-        predicted = torch.einsum("mqp,mbp...->mbq...", g, centred.expand(len(kept), *y.shape[1:]))
-        keep = kept.to(y.dtype).view(len(kept), 1, -1, *[1] * (y.dim() - 3))
+        m = len(kept)
+        if self.rank == 0:  # nothing varies: every channel is its mean
+            predicted = torch.zeros_like(centred).expand(m, *y.shape[1:])
+        else:
+            kept_factor, system = self._systems(kept)
+            reduced = spd_solve(system, kept_factor.mT).to(y.dtype)  # [m, r, p]
+            if 2 * self.rank < len(self.factor):  # low rank: through the r coordinates
+                coordinates = torch.einsum("mrp,mbp...->mbr...", reduced,
+                                           centred.expand(m, *y.shape[1:]))  # fmt: skip
+                predicted = torch.einsum("pr,mbr...->mbp...", self.factor.to(y), coordinates)
+            else:
+                g = self.factor.to(y) @ reduced  # [m, p, p]
+                predicted = torch.einsum("mqp,mbp...->mbq...", g, centred.expand(m, *y.shape[1:]))
+        keep = kept.to(y.dtype).view(m, 1, -1, *[1] * (y.dim() - 3))
         return y * keep + (predicted + self.mean.view(shape)) * (1 - keep)
 
 
@@ -93,8 +147,8 @@ class ConsumerRefit:
     seen.
 
     Args:
-        module: The consumer (linear, or an ungrouped zero-padded 2-d convolution).
-        grams: ``[folds, D + 1, D + 1]`` Gram matrices of its input rows by fold (see
+        module: The consumer (linear, or a zero-padded 2-d convolution).
+        grams: ``[folds, G, D/G + 1, D/G + 1]`` Gram matrices of its input rows by fold (see
             :func:`~lightning_shapley.refit.input_grams`).
         ridge: Relative ridge of the refit.
     """
@@ -134,12 +188,13 @@ class ConsumerRefit:
             out = out + biases.unsqueeze(1)
             return out.reshape(m, x.shape[1], *x.shape[2:-1], -1)
         convolve = lambda inputs, w, b: F.conv2d(  # noqa: E731
-            inputs, w, b, module.stride, module.padding, module.dilation
+            inputs, w, b, module.stride, module.padding, module.dilation, module.groups
         )
-        if len(x) == 1:  # one input for every coalition: one convolution with stacked weights
+        if len(x) == 1 and module.groups == 1:  # one input for every coalition: one convolution
             out = convolve(x[0], weights.flatten(0, 1), biases.flatten())
             return out.view(len(out), m, -1, *out.shape[2:]).transpose(0, 1)
-        return torch.stack([convolve(x[j], weights[j], biases[j]) for j in range(m)])
+        last = len(x) - 1
+        return torch.stack([convolve(x[min(j, last)], weights[j], biases[j]) for j in range(m)])
 
 
 class ConsumerMask:
@@ -200,6 +255,113 @@ class ConsumerMask:
         filled = filled.flatten(2, 3).movedim(2, dim)
         out = x.expand(len(masks), *x.shape[1:]).clone()
         return out.index_copy_(dim, layout.flatten(), filled)
+
+
+class NormMask:
+    """A normalisation that mixes the group's channels (a ``LayerNorm`` over channels, a
+    ``GroupNorm``), computed as the pruned model computes it: its statistics over the kept
+    channels only. Zeroing a channel at its readers would leave it in these statistics, which
+    is not what pruning does; the removed channels' own outputs are zero.
+
+    The module runs its own ``forward`` under a function mode that replaces its
+    ``layer_norm``/``group_norm`` call, so wrappers that permute around it (``LayerNorm2d``)
+    work as they are.
+
+    Args:
+        site: The normalisation and which of its channels belong to which player.
+    """
+
+    def __init__(self, site: Consumer) -> None:
+        self.consumer = site
+
+    feature_masks = ConsumerMask.feature_masks
+
+    def forward(self, module: nn.Module, args: tuple, masks: torch.Tensor) -> torch.Tensor:
+        """The module's output on inputs ``args`` (a batch of ``m · B``) for coalitions
+        ``masks`` ``[m, n]``."""
+        with _MaskedNormalisation(self.feature_masks(masks.to(args[0].dtype))):
+            return module.forward(*args)
+
+
+class _MaskedNormalisation(TorchFunctionMode):
+    """``layer_norm`` and ``group_norm`` over the kept channels ``keep`` ``[m, C]`` (float) of
+    inputs whose batch holds the ``m`` coalitions one after another."""
+
+    def __init__(self, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is F.layer_norm:
+            return self._layer_norm(*args, **kwargs)
+        if func is F.group_norm:
+            return self._group_norm(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _layer_norm(self, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        keep = self.keep.unsqueeze(1)  # [m, 1, C]
+        y = self._normalise(x.reshape(len(keep), -1, x.shape[-1]), keep, -1, eps)
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+        return (y * keep).reshape(x.shape)
+
+    def _group_norm(self, x, num_groups, weight=None, bias=None, eps=1e-5):
+        m, channels = self.keep.shape
+        per_group = channels // num_groups
+        grouped = x.reshape(m, -1, num_groups, per_group, x[0, 0].numel())
+        keep = self.keep.view(m, 1, num_groups, per_group, 1)
+        y = self._normalise(grouped, keep, (3, 4), eps)
+        affine = (1, 1, num_groups, per_group, 1)
+        if weight is not None:
+            y = y * weight.view(affine)
+        if bias is not None:
+            y = y + bias.view(affine)
+        return (y * keep).reshape(x.shape)
+
+    @staticmethod
+    def _normalise(x, keep, dims, eps):
+        count = (keep * torch.ones_like(x[:1, :1])).sum(dims, keepdim=True).clamp_min(1)
+        mean = (x * keep).sum(dims, keepdim=True) / count
+        variance = ((x - mean) * keep).pow(2).sum(dims, keepdim=True) / count
+        return (x - mean) * torch.rsqrt(variance + eps)
+
+
+def norm_masks(groups: list) -> dict[str, NormMask]:
+    """The :class:`NormMask` of every channel-mixing normalisation of ``groups``."""
+    return {name: NormMask(site) for name, site in merged_consumers(groups, norms=True).items()}
+
+
+@contextmanager
+def pruned_normalisations(
+    model: nn.Module, groups: list, removed: list[list[int]]
+) -> Iterator[None]:
+    """Within it, ``model``'s channel-mixing normalisations compute their statistics over the
+    channels that ``groups`` keep after losing ``removed`` (players, per group), as the pruned
+    model will."""
+    masks = norm_masks(groups)
+    if not masks:
+        yield
+        return
+    kept = torch.ones(1, sum(g.n_channels for g in groups), dtype=torch.bool)
+    offset = 0
+    for group, gone in zip(groups, removed, strict=True):
+        kept[0, offset + torch.as_tensor(gone, dtype=torch.long)] = False
+        offset += group.n_channels
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        mask = masks[names[module]]
+        return mask.forward(module, args, kept.to(args[0].device))
+
+    names = {model.get_submodule(name): name for name in masks}
+    handles = [module.register_forward_hook(hook) for module in names]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def consumer_input_means(
@@ -307,6 +469,10 @@ def linear_imputations(
 ) -> dict[str, LinearImputation]:
     """The :class:`LinearImputation` of each consumer from calibration batches.
 
+    A consumer whose channels own different numbers of its input features (a linear layer
+    reading flattened maps of several sizes) has none: it is left out, with one warning naming
+    it, and its channels are best replaced by their means.
+
     Args:
         model: The network (unmasked).
         consumers: The consumers, by name.
@@ -314,25 +480,26 @@ def linear_imputations(
         means: ``[in_features]`` mean input features by consumer (see
             :func:`consumer_input_means`).
         ridge: Relative ridge of the predictions.
-
-    Raises:
-        ValueError: If a consumer's channels own different numbers of input features, or one
-            consumer sees more than ``MAX_IMPUTED_PLAYERS`` channels.
     """
-    layouts = {}
+    layouts, uneven = {}, []
     for name, c in consumers.items():
         players = torch.unique(c.player_idx)
         rows = [torch.sort(c.feature_idx[c.player_idx == p]).values for p in players.tolist()]
         if len({len(r) for r in rows}) != 1:
-            raise ValueError(f"regression ablation: the channels feeding {name!r} own different "
-                             "numbers of its input features")  # fmt: skip
-        if len(players) > MAX_IMPUTED_PLAYERS:
-            raise ValueError(f"regression ablation: {name!r} reads {len(players)} channels, more "
-                             f"than {MAX_IMPUTED_PLAYERS}; use the mean ablation")  # fmt: skip
+            uneven.append(name)
+            continue
         layouts[name] = (torch.stack(rows), players)
+    if uneven:
+        warnings.warn(
+            f"regression ablation: the channels feeding {', '.join(map(repr, uneven))} own "
+            "different numbers of their input features; their removed channels are replaced by "
+            "their means there",
+            stacklevel=3,
+        )
     grams: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    names = {model.get_submodule(name): name for name in consumers}
+    samples: dict[str, list[torch.Tensor] | None] = {}
+    names = {model.get_submodule(name): name for name in layouts}
 
     def accumulate(module: nn.Module, args: tuple) -> None:
         name, x = names[module], args[0]
@@ -342,17 +509,24 @@ def linear_imputations(
             [-1 if d == dim else 1 for d in range(x.dim())]
         )
         y = y.movedim(dim, -1).reshape(-1, *layout.shape).transpose(1, 2).reshape(-1, len(layout))
-        grams[name] = grams.get(name, 0) + y.double().T @ y.double()
+        y = y.double()
+        grams[name] = grams.get(name, 0) + y.T @ y
         counts[name] = counts.get(name, 0) + len(y)
+        kept = samples.get(name, [])
+        # the rows themselves while they are fewer than the channels: a factor of lower rank
+        samples[name] = [*kept, y] if kept is not None and counts[name] <= len(layout) else None
 
     watch_inputs(model, names, batches, accumulate)
-    return {
-        name: LinearImputation(
+    imputations = {}
+    for name, (layout, players) in layouts.items():
+        rows = samples.get(name)
+        imputations[name] = LinearImputation.from_samples(
             layout,
             players,
             means[name][layout.flatten()].view(layout.shape),
-            grams[name] / counts[name],
+            grams[name],
+            counts[name],
+            torch.cat(rows) if rows else None,
             ridge,
         )
-        for name, (layout, players) in layouts.items()
-    }
+    return imputations

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lightning_shapley.games.masking import ConsumerMask, factorize, factorized_bytes
+from lightning_shapley.games.masking import ConsumerMask, NormMask, factorize, factorized_bytes
 from lightning_shapley.metrics import first_logits
 
 __all__ = ["PrefixCache", "SuffixProgram"]
@@ -94,7 +94,13 @@ class SuffixProgram:
         budget = self.factorize_budget
         for node in self._consumers:
             source = node.args[0]
-            if source in self._suffix or len(node.args) != 1 or node.kwargs or node in self.skip:
+            if (
+                source in self._suffix
+                or len(node.args) != 1
+                or node.kwargs
+                or node in self.skip
+                or isinstance(self.masks[node.target], NormMask)
+            ):
                 continue
             module, x = self._modules[node.target], cache.values[source]
             if factorized_bytes(module, x, self.n_players) > budget:
@@ -140,6 +146,9 @@ class SuffixProgram:
                 base, parts = cache.factorized[node]
                 out = torch.addmm(base.reshape(1, -1), masks, parts)
                 env[node] = out.view(m * batch, *base.shape[1:])
+            elif node in self._consumers and isinstance(self.masks[node.target], NormMask):
+                args = fx.node.map_arg(node.args, value)
+                env[node] = self.masks[node.target].forward(self._modules[node.target], args, masks)
             elif node in self._consumers:
                 source = node.args[0]
                 x = (

@@ -232,7 +232,16 @@ def test_refit_ablation_is_the_least_squares_pruned_model_on_held_out_folds():
     masks = masks_for(game.n_players)
     values = game(masks)
     assert values[0].item() == pytest.approx(0.0, abs=1e-6) and (values[1:] < -1e-6).all()
+    data = (torch.randn(4, 2, 8, 8), torch.tensor([0, 1, 2, 0]))
     grouped = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(),
                             nn.Linear(64, 3))  # fmt: skip
-    with pytest.raises(ValueError, match="cannot refit '1'"):
-        ChannelGame(grouped, "0", (torch.randn(2, 2, 8, 8), torch.tensor([0, 1])), ablation="refit")
+    game = ChannelGame(grouped, "0", data, ablation="refit")  # refit group by group
+    masks = masks_for(game.n_players)
+    full = ChannelGame(grouped, "0", data, ablation="refit", strategy="full")
+    torch.testing.assert_close(game(masks), full(masks), rtol=1e-4, atol=1e-5)
+    reflect = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+    reflecting = nn.Sequential(nn.Conv2d(2, 4, 3), reflect, nn.Flatten(), nn.Linear(144, 3))
+    with pytest.warns(UserWarning, match="refit ablation: '1' cannot be refit"):
+        game = ChannelGame(reflecting, "0", data, ablation="refit")
+    masks = masks_for(game.n_players)
+    torch.testing.assert_close(game(masks), ChannelGame(reflecting, "0", data)(masks))
