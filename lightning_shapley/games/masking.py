@@ -92,7 +92,8 @@ class LinearImputation:
         are the factor, of rank ``count``)."""
         if rows is not None and len(rows) <= len(gram):
             return cls(layout, players, mean, rows.double().T / max(1, count) ** 0.5, ridge)
-        values, vectors = torch.linalg.eigh(gram.double() / max(1, count))
+        # non-finite activations must reach the game's values, where they are reported
+        values, vectors = torch.linalg.eigh(torch.nan_to_num(gram.double()) / max(1, count))
         keep = values > _RANK_TOLERANCE * values[-1].clamp_min(0)
         factor = vectors[:, keep] * values[keep].sqrt()
         return cls(layout, players, mean, factor, ridge)
