@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from lightning_shapley import ChannelGame
-from lightning_shapley.datasets import load_mnist_idx, split_indices
-from lightning_shapley.models import CifarResNet, LeNet5, cifar_vgg
+from lightning_shapley.lab.datasets import load_mnist_idx, split_indices
+from lightning_shapley.lab.models import CifarResNet, LeNet5, cifar_vgg
 from lightning_shapley.pruning import prunable_layer_names
 
 REPO = Path(__file__).resolve().parents[1]

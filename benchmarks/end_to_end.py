@@ -42,8 +42,8 @@ from lightning_shapley.criteria import (
     ImportanceCriterion,
     ShapleyCriterion,
 )
+from lightning_shapley.lab.models import CifarResNet
 from lightning_shapley.metrics import reference_logits
-from lightning_shapley.models import CifarResNet
 from lightning_shapley.plan import make_plan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import prunable_layer_names
@@ -111,8 +111,8 @@ def torchvision_model(name: str) -> Callable[[], nn.Module]:
 
 
 def mnist_lenet() -> tuple[nn.Module, torch.Tensor, torch.Tensor, tuple]:
-    from lightning_shapley.datasets import load_mnist_idx
-    from lightning_shapley.training import train
+    from lightning_shapley.lab.datasets import load_mnist_idx
+    from lightning_shapley.lab.training import train
 
     x, y = load_mnist_idx(MNIST)
     x = x.float().view(-1, 1, 28, 28) if x.dim() == 3 else x.float()

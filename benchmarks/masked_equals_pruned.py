@@ -25,7 +25,7 @@ from torch import nn
 from lightning_shapley import ChannelGame
 from lightning_shapley.checkpoint import load_pruned, save_pruned
 from lightning_shapley.criteria import criterion_by_name
-from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg
+from lightning_shapley.lab.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import prunable_layer_names

@@ -39,11 +39,11 @@ from torch import nn
 from lightning_shapley.calibration import few_shot_indices
 from lightning_shapley.criteria import criterion_by_name
 from lightning_shapley.criteria.gradient import GradientCriterion
-from lightning_shapley.datasets import load_mnist_idx, split_indices
 from lightning_shapley.estimators.exact import all_coalitions, shapley_from_table
 from lightning_shapley.estimators.quality import spearman
 from lightning_shapley.games import ChannelGame
-from lightning_shapley.models import LeNet5
+from lightning_shapley.lab.datasets import load_mnist_idx, split_indices
+from lightning_shapley.lab.models import LeNet5
 from lightning_shapley.sensitivity import plot_sensitivity_panels, sensitivity_n
 
 REPO = Path(__file__).resolve().parents[1]

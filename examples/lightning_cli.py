@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning_digits import DigitsClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_shapley.datasets import load_digits, split_indices
+from lightning_shapley.lab.datasets import load_digits, split_indices
 
 
 class DigitsData(pl.LightningDataModule):

@@ -23,8 +23,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_shapley import ShapleyPruningCallback, restore_pruning
-from lightning_shapley.datasets import load_digits, split_indices
-from lightning_shapley.models import DigitsCNN
+from lightning_shapley.lab.datasets import load_digits, split_indices
+from lightning_shapley.lab.models import DigitsCNN
 
 
 class DigitsClassifier(pl.LightningModule):

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from lightning_shapley.demo import run_demo
+        from lightning_shapley.lab.demo import run_demo
 
         run_demo(layer=args.layer, shots=args.shots, seed=args.seed)
         return 0

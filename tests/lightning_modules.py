@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_shapley import restore_pruning
-from lightning_shapley.datasets import load_digits
-from lightning_shapley.models import DigitsCNN
+from lightning_shapley.lab.datasets import load_digits
+from lightning_shapley.lab.models import DigitsCNN
 
 
 class DigitsModule(pl.LightningModule):

@@ -13,8 +13,8 @@ from torch import nn
 from lightning_shapley import ChannelGame, pruning
 from lightning_shapley.checkpoint import load_pruned, save_pruned
 from lightning_shapley.criteria import ShapleyCriterion
+from lightning_shapley.lab.models import DigitsCNN
 from lightning_shapley.metrics import choose_metric, value_function
-from lightning_shapley.models import DigitsCNN
 from lightning_shapley.plan import PruningPlan, make_plan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import apply_plan, channel_group

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_shapley import ChannelGame
 from lightning_shapley.criteria import EliminationCriterion
-from lightning_shapley.models import CifarResNet, LeNet5
+from lightning_shapley.lab.models import CifarResNet, LeNet5
 from lightning_shapley.plan import make_plan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import (

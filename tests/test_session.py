@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lightning_shapley.criteria import criterion_by_name
-from lightning_shapley.datasets import load_digits
-from lightning_shapley.models import DigitsCNN
+from lightning_shapley.lab.datasets import load_digits
+from lightning_shapley.lab.models import DigitsCNN
 from lightning_shapley.pruning import prunable_layer_names
 from lightning_shapley.session import PruningSession
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from lightning_shapley.datasets import load_cifar10, load_digits, load_mnist_idx, split_indices
+from lightning_shapley.lab.datasets import load_cifar10, load_digits, load_mnist_idx, split_indices
 from lightning_shapley.recipes.schema import DataSpec, import_class
 
 __all__ = ["RecipeData", "load_data"]

@@ -23,13 +23,13 @@ from lightning_shapley.criteria import (
     ShapleyCriterion,
     criterion_by_name,
 )
-from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
+from lightning_shapley.lab.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
+from lightning_shapley.lab.training import evaluate, train
 from lightning_shapley.pruning import channel_costs, count_params_and_macs, prunable_layer_names
 from lightning_shapley.recipes.data import RecipeData, load_data, targets_of
 from lightning_shapley.recipes.report import write_report
 from lightning_shapley.recipes.schema import ModelSpec, Recipe, import_class
 from lightning_shapley.session import PruningSession
-from lightning_shapley.training import evaluate, train
 
 __all__ = ["build_model", "run_recipe"]
 

@@ -7,7 +7,7 @@ import torch
 
 from lightning_shapley.criteria import EliminationCriterion, IteratedShapleyCriterion
 from lightning_shapley.games import ChannelGame
-from lightning_shapley.models import DigitsCNN
+from lightning_shapley.lab.models import DigitsCNN
 from lightning_shapley.plan import make_plan
 from lightning_shapley.selection import backward_elimination
 from tests.conftest import randomize_batchnorm

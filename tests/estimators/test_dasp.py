@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_shapley.datasets import load_digits
 from lightning_shapley.estimators.dasp import (
     DASPShapley,
     MomentSuffix,
@@ -21,7 +20,8 @@ from lightning_shapley.estimators.dasp import (
 from lightning_shapley.estimators.exact import ExactShapley
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
-from lightning_shapley.models import DigitsCNN
+from lightning_shapley.lab.datasets import load_digits
+from lightning_shapley.lab.models import DigitsCNN
 from tests.conftest import randomize_batchnorm
 
 

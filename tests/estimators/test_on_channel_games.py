@@ -8,8 +8,8 @@ import math
 import torch
 
 from lightning_shapley import ChannelGame, ExactShapley, LeaveOneOut, PermutationShapley
-from lightning_shapley.datasets import load_digits
-from lightning_shapley.models import DigitsCNN
+from lightning_shapley.lab.datasets import load_digits
+from lightning_shapley.lab.models import DigitsCNN
 
 
 def trained_digits_cnn() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

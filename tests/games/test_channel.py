@@ -9,7 +9,7 @@ from torch import nn
 
 from lightning_shapley import ChannelGame
 from lightning_shapley.games.suffix import SuffixProgram
-from lightning_shapley.models import CifarResNet, DigitsCNN, cifar_vgg
+from lightning_shapley.lab.models import CifarResNet, DigitsCNN, cifar_vgg
 from tests.conftest import BranchyNet, ConcatNet, randomize_batchnorm
 
 

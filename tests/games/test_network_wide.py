@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_shapley import ChannelGame, ExactShapley
-from lightning_shapley.datasets import load_digits
 from lightning_shapley.estimators import BanditShapley, TMABShapley
+from lightning_shapley.lab.datasets import load_digits
 from lightning_shapley.pruning import prunable_layer_names
 
 

@@ -167,7 +167,7 @@ def test_show_default_prints_the_embedded_recipe(capsys):
 
 
 def test_checkpoint_models_are_loaded(tmp_path):
-    from lightning_shapley.models import DigitsCNN
+    from lightning_shapley.lab.models import DigitsCNN
 
     torch.save({"state_dict": {f"net.{k}": v for k, v in DigitsCNN().state_dict().items()}},
                tmp_path / "module.ckpt")  # fmt: skip

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_shapley.datasets import load_digits, load_mnist_idx, split_indices
-from lightning_shapley.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg
+from lightning_shapley.lab.datasets import load_digits, load_mnist_idx, split_indices
+from lightning_shapley.lab.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test10k"
 

@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_shapley.calibration import few_shot_indices
-from lightning_shapley.datasets import load_digits, split_indices
 from lightning_shapley.estimators import ExactShapley, LeaveOneOut, PermutationShapley
 from lightning_shapley.estimators.quality import bottom_k_precision, spearman
 from lightning_shapley.games import ChannelGame
-from lightning_shapley.models import DigitsCNN
-from lightning_shapley.training import train
+from lightning_shapley.lab.datasets import load_digits, split_indices
+from lightning_shapley.lab.models import DigitsCNN
+from lightning_shapley.lab.training import train
 
 __all__ = ["run_demo"]
 
