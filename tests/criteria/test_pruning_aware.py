@@ -76,3 +76,17 @@ def test_cut_samplers_take_the_cut_from_the_plan(name, monkeypatch):
     n = scores.values["3"].numel()
     assert seen == [n // 2] and scores.n_evals <= 400
     assert criterion.estimator.cut != n // 2  # the configured estimator is left as it was
+
+
+def test_a_game_blind_to_the_channels_is_refused_not_ranked_by_index():
+    model, x, y = model_and_data()
+    blind = EliminationCriterion(metric=lambda logits, targets: logits.new_zeros(()))
+    with pytest.raises(ValueError, match=r"game of '3' gives every kept set the same value"):
+        blind.score(model, ["3"], (x, y), cut=0.5)
+    with torch.no_grad():  # dead channels cost nothing, but the live ones still differ
+        model[3].weight[:3] = 0
+        model[3].bias[:3] = 0
+    scores = EliminationCriterion(metric="cross_entropy", ablation="zero").score(
+        model, ["3"], (x, y), cut=0.5
+    )
+    assert len(set(scores.values["3"].tolist())) == 6
