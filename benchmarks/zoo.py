@@ -354,6 +354,13 @@ def table(csv_path: Path, out: Path, notes: str) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def _capped_big_cells(path: Path, big: set[str]) -> bool:
+    if not path.exists():
+        return False
+    with path.open() as file:
+        return any(r["model"] in big and r["budget"] for r in csv.DictReader(file))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="all",
@@ -396,10 +403,13 @@ def main() -> None:
         "8×8 patches, 2 layers, hidden 64, MLP 128, 4 heads. "
         f"torch {torch.__version__}, {args.threads} thread(s) per cell on "
         f"{os.cpu_count()} shared CPU cores ({platform.processor() or platform.machine()}); "
-        f"cells stopped after {args.time_cap:.0f} s or {args.memory_gb:g} GB. The `default` and "
-        f"`shapley` criteria on {', '.join(sorted(args.big))} ran with at most "
-        f"{args.big_budget} game evaluations per layer where the criterion has a budget."
+        f"cells stopped after {args.time_cap:.0f} s or {args.memory_gb:g} GB."
     )
+    if _capped_big_cells(Path(args.csv), args.big):
+        notes += (
+            f" The `default` and `shapley` criteria on {', '.join(sorted(args.big))} ran with at "
+            f"most {args.big_budget} game evaluations per layer where the criterion has a budget."
+        )
     if args.note:
         notes += "\n\n" + args.note
     if not args.table:
