@@ -8,7 +8,7 @@ import torch
 from lightning_shapley.lab.datasets import load_digits, load_mnist_idx, split_indices
 from lightning_shapley.lab.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test10k"
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-test10k"
 
 
 def test_models_produce_logits():
