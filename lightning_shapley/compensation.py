@@ -33,6 +33,8 @@ from lightning_shapley.games.masking import (
     pruned_normalisations,
 )
 from lightning_shapley.modes import evaluating
+from lightning_shapley.options import COMPENSATIONS as CHOICES
+from lightning_shapley.options import check_choice
 from lightning_shapley.pruning import ChannelGroup, Consumer, merged_consumers
 from lightning_shapley.refit import (
     input_grams,
@@ -50,7 +52,8 @@ __all__ = [
     "resolve_compensation",
 ]
 
-COMPENSATIONS = ("none", "mean", "regression", "least_squares")
+COMPENSATIONS = tuple(c for c in CHOICES if c != "auto")
+"""What :func:`~lightning_shapley.prune.prune` applies (``"auto"`` is resolved first)."""
 
 
 def resolve_compensation(compensation: str, ablation: str) -> str:
@@ -67,10 +70,7 @@ def resolve_compensation(compensation: str, ablation: str) -> str:
         return {"mean": "mean", "regression": "least_squares", "refit": "least_squares"}.get(
             ablation, "none"
         )
-    if compensation not in COMPENSATIONS:
-        raise ValueError(
-            f"compensation={compensation!r} is invalid; use 'auto' or one of {COMPENSATIONS}"
-        )
+    check_choice("compensation", compensation, CHOICES)
     return compensation
 
 

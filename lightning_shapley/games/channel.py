@@ -23,6 +23,7 @@ from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
 from lightning_shapley.games.surrogate import QuadraticGame, fisher_gram
 from lightning_shapley.metrics import MetricLike, first_logits, reference_logits, value_function
 from lightning_shapley.modes import evaluating
+from lightning_shapley.options import ABLATIONS, check_choice
 from lightning_shapley.pruning import (
     ChannelGroup,
     build_dependency_graph,
@@ -34,7 +35,6 @@ from lightning_shapley.refit import input_grams, refittable
 
 __all__ = ["ABLATIONS", "STRATEGIES", "ChannelGame"]
 
-ABLATIONS = ("zero", "mean", "regression", "refit")
 STRATEGIES = ("auto", "suffix", "full")
 
 _SELF_CHECK_TOLERANCE = 1e-4
@@ -101,8 +101,7 @@ class ChannelGame:
         memory_budget_mb: float = 1024,
         batch_size: int = 256,
     ) -> None:
-        if ablation not in ABLATIONS:
-            raise ValueError(f"ablation={ablation!r} is invalid; use one of {ABLATIONS}")
+        check_choice("ablation", ablation, ABLATIONS)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r} is invalid; use one of {STRATEGIES}")
         if not (chunk_size == "auto" or (isinstance(chunk_size, int) and chunk_size >= 1)):
