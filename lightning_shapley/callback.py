@@ -31,6 +31,7 @@ from lightning_shapley.criteria import (
     CRITERION_OPTIONS,
     DEFAULT_CRITERION,
     Criterion,
+    ImportanceCriterion,
     make_criterion,
 )
 from lightning_shapley.games.distributed import ShardedGame
@@ -54,10 +55,7 @@ from lightning_shapley.options import (
 )
 from lightning_shapley.prune import PruningReport
 from lightning_shapley.pruning import (
-    build_dependency_graph,
     count_params_and_macs,
-    group_importance,
-    importance_needs_gradients,
     is_importance,
     prunable_layer_names,
     replay,
@@ -388,7 +386,7 @@ class ShapleyPruningCallback(Callback):
                 )
             if isinstance(self.criterion, Criterion):
                 return self.criterion
-            return _TorchPruningImportance(self.criterion)
+            return ImportanceCriterion(self.criterion)
         if not isinstance(self.criterion, str):
             raise TypeError(
                 "criterion must be a name, a Criterion or a torch-pruning importance, got "
@@ -489,35 +487,6 @@ class ShapleyPruningCallback(Callback):
                 f"{report.macs_before:,} → {report.macs_after:,}; {where}estimation "
                 f"{seconds:.1f} s, {n_evals:,} evaluations"
             )
-
-
-class _TorchPruningImportance(Criterion):
-    """A torch-pruning importance as a criterion: its scores of each layer's group (gradients of
-    the calibration cross-entropy first, for those that read them)."""
-
-    def __init__(self, importance: Callable[..., torch.Tensor]) -> None:
-        self.importance = importance
-        self.name = type(importance).__name__
-        self.label_free = not importance_needs_gradients(importance)
-
-    def _score(self, model, layers, inputs, targets, seed):
-        if importance_needs_gradients(self.importance):
-            if targets is None or targets.dim() != 1:
-                raise ValueError(f"{self.name} reads gradients: it needs labelled calibration data")
-            model.eval()
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                for x, y in zip(inputs.split(256), targets.split(256), strict=True):
-                    loss = F.cross_entropy(first_logits(model(x)), y) * len(x) / len(inputs)
-                    loss.backward()
-        graph = build_dependency_graph(model, inputs[:1])
-        return {
-            layer: group_importance(model, layer, self.importance, inputs[:1], graph=graph)
-            for layer in layers
-        }, 0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.importance!r})"
 
 
 def _measures(

@@ -6,13 +6,22 @@ the group the way torch-pruning does (mean over the group's layers, no normalisa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.hooks import watch_inputs
-from lightning_shapley.pruning import build_dependency_graph, channel_group, group_importance
+from lightning_shapley.metrics import first_logits
+from lightning_shapley.pruning import (
+    build_dependency_graph,
+    channel_group,
+    group_importance,
+    importance_needs_gradients,
+    is_importance,
+)
 
 __all__ = ["ActivationCriterion", "ImportanceCriterion", "RandomCriterion"]
 
@@ -32,28 +41,37 @@ class RandomCriterion(Criterion):
 
 
 class ImportanceCriterion(Criterion):
-    """A torch-pruning importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"taylor"``.
+    """A torch-pruning importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"taylor"``, or any
+    torch-pruning importance object (``tp.importance.MagnitudeImportance(p=1)``, ...).
 
     ``taylor`` is Molchanov et al.'s first-order estimate ``|w · ∂L/∂w|`` summed over each
-    channel's weights, with the gradient of the mean cross-entropy on the calibration set.
+    channel's weights, with the gradient of the mean cross-entropy on the calibration set; an
+    importance object that reads gradients gets the same.
     """
 
     KINDS = ("l1", "l2", "bn_scale", "taylor")
 
-    def __init__(self, kind: str) -> None:
-        if kind not in self.KINDS:
+    def __init__(self, kind: str | Callable[..., torch.Tensor]) -> None:
+        if is_importance(kind):
+            self.name = type(kind).__name__
+            self.needs_gradients = importance_needs_gradients(kind)
+        elif kind in self.KINDS:
+            self.name, self.needs_gradients = kind, kind == "taylor"
+        else:
             raise ValueError(f"kind={kind!r} is invalid; use one of {self.KINDS}")
-        self.kind = self.name = kind
+        self.kind = kind
+        self.label_free = not self.needs_gradients
 
     def _score(self, model, layers, inputs, targets, seed):
-        if self.kind == "taylor":
+        if self.needs_gradients:
             if targets is None or targets.dim() != 1:
-                raise ValueError("the taylor criterion needs labelled calibration data [N]")
+                raise ValueError(f"{self.name} reads gradients: it needs labelled calibration data")
             model.eval()
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 for x, y in zip(inputs.split(256), targets.split(256), strict=True):
-                    (F.cross_entropy(model(x), y) * len(x) / len(inputs)).backward()
+                    loss = F.cross_entropy(first_logits(model(x)), y) * len(x) / len(inputs)
+                    loss.backward()
         graph = build_dependency_graph(model, inputs[:1])
         return {
             layer: group_importance(model, layer, self.kind, inputs[:1], graph=graph)
