@@ -153,8 +153,8 @@ def criteria() -> dict[str, Callable[[], Criterion]]:
         "l1": lambda: ImportanceCriterion("l1"),
         "default without refine": lambda: BanditShapleyCriterion(refine=False),
         "default without screening": lambda: BanditShapleyCriterion(screen=None),
+        "default on every calibration example": lambda: BanditShapleyCriterion(max_examples=None),
         "default without surrogate": lambda: BanditShapleyCriterion(surrogate=False),
-        "default, refinement limited to 1/8": lambda: BanditShapleyCriterion(refine_limit=0.125),
         "greedy": EliminationCriterion,
         "shapley (antithetic)": lambda: ShapleyCriterion("permutation"),
     }
@@ -240,7 +240,7 @@ def main() -> None:
             if args.criteria and name not in args.criteria:
                 continue
             slow = name in ("greedy", "shapley (antithetic)") or name.startswith("default,")
-            slow = slow or name.startswith("default with")
+            slow = slow or name.startswith(("default with", "default on"))
             if slow and key not in args.slow_on:
                 continue
             pruned, seconds, evaluations = prune_all(model, inputs, targets, build())

@@ -16,6 +16,7 @@ __all__ = [
     "draw_few_shot",
     "few_shot_indices",
     "split_per_class",
+    "spread_subset",
 ]
 
 CalibrationData = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | DataLoader | Dataset
@@ -235,3 +236,36 @@ def split_per_class(
         rest.append(members[shots:])
     chosen_idx, rest_idx = torch.cat(chosen), torch.cat(rest)
     return (inputs[chosen_idx], targets[chosen_idx]), (inputs[rest_idx], targets[rest_idx])
+
+
+def spread_subset(classes: torch.Tensor, size: int, *, seed: int = 0) -> torch.Tensor:
+    """Indices of ``size`` examples drawn at random and spread evenly over the classes.
+
+    Classes take turns (in a random order) until ``size`` are drawn, so that a class has at most
+    one example more than any other class that still has examples left.
+
+    Args:
+        classes: ``[N]`` class of each example (a label, or the model's prediction).
+        size: Examples wanted; all ``N`` (in order) when ``size >= N``.
+        seed: Seed of the draw.
+
+    Returns:
+        ``[min(size, N)]`` indices into ``classes``, sorted.
+
+    Example:
+        >>> classes = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+        >>> classes[spread_subset(classes, 4)].bincount().tolist()
+        [2, 2]
+    """
+    n = len(classes)
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    if size >= n:
+        return torch.arange(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    shuffled = classes[order]
+    turn = torch.empty(n, dtype=torch.long)
+    for label in torch.unique(shuffled):
+        members = torch.nonzero(shuffled == label).flatten()
+        turn[members] = torch.arange(len(members))
+    return order[torch.argsort(turn, stable=True)[:size]].sort().values

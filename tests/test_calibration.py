@@ -9,6 +9,7 @@ from lightning_shapley.calibration import (
     draw_few_shot,
     few_shot_indices,
     split_per_class,
+    spread_subset,
 )
 
 
@@ -94,3 +95,14 @@ def test_a_few_shot_draw_refuses_targets_that_are_not_class_labels(targets):
     loader = DataLoader(TensorDataset(torch.randn(12, 3), targets), batch_size=4)
     with pytest.raises(ValueError, match=r"one integer class label per example.*calibration="):
         draw_few_shot(loader, 2)
+
+
+def test_spread_subset_is_balanced_reproducible_and_whole_when_small():
+    classes = torch.tensor([0] * 10 + [1] * 3 + [2] * 1)
+    picked = spread_subset(classes, 7, seed=1)
+    assert classes[picked].bincount().tolist() == [3, 3, 1]
+    assert torch.equal(picked, spread_subset(classes, 7, seed=1))
+    assert len(picked.unique()) == 7
+    assert torch.equal(spread_subset(classes, 20), torch.arange(14))
+    with pytest.raises(ValueError, match="size"):
+        spread_subset(classes, 0)

@@ -9,7 +9,13 @@ import torch
 
 from lightning_shapley.estimators import ExactShapley, PermutationShapley
 from lightning_shapley.games import PairwiseGame
-from lightning_shapley.selection import backward_elimination, iterated_removal, order_scores
+from lightning_shapley.games.surrogate import QuadraticGame
+from lightning_shapley.selection import (
+    backward_elimination,
+    guided_elimination,
+    iterated_removal,
+    order_scores,
+)
 
 
 class TableGame:
@@ -157,3 +163,31 @@ def test_a_cost_budget_removes_the_cheapest_loss_per_unit_saved_until_it_is_spen
         backward_elimination(game, 2, beam=2, costs=costs, budget=4.0)
     with pytest.raises(ValueError, match="positive"):
         backward_elimination(game, 2, costs=torch.tensor([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_guided_elimination_measures_only_the_proposed_removals():
+    game = PairwiseGame(torch.tensor([3.0, 1.0, 2.0, 0.5, 4.0]))
+    exact = QuadraticGame(torch.diag(game.weights))
+    result = guided_elimination(game, exact.removal_drops, 3, width=2)
+    assert result.order.tolist() == [3, 1, 2]
+    assert result.n_evals == 3 * 2
+    torch.testing.assert_close(result.values, torch.tensor([10.0, 9.0, 7.0], dtype=torch.float64))
+    followed = guided_elimination(game, exact.removal_drops, 3, width=1)
+    assert followed.order.tolist() == [3, 1, 2] and followed.n_evals == 0
+
+
+def test_guided_elimination_corrects_a_wrong_guide_within_its_width():
+    game = PairwiseGame(torch.tensor([3.0, 1.0, 2.0, 0.5]))
+    swapped = QuadraticGame(torch.diag(torch.tensor([3.0, 0.5, 2.0, 1.0])))  # 1 and 3 swapped
+    assert guided_elimination(game, swapped.removal_drops, 2, width=1).order.tolist() == [1, 3]
+    assert guided_elimination(game, swapped.removal_drops, 2, width=2).order.tolist() == [3, 1]
+
+
+def test_guided_elimination_validates_and_stops():
+    game = PairwiseGame(torch.ones(4))
+    guide = QuadraticGame(torch.eye(4)).removal_drops
+    with pytest.raises(ValueError, match="width"):
+        guided_elimination(game, guide, 2, width=0)
+    with pytest.raises(ValueError, match="cannot remove"):
+        guided_elimination(game, guide, 4)
+    assert len(guided_elimination(game, guide, 3, should_stop=lambda: True).order) == 0

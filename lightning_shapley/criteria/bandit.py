@@ -10,13 +10,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lightning_shapley.calibration import CalibrationData
+from lightning_shapley.calibration import CalibrationData, spread_subset
 from lightning_shapley.criteria.base import ChannelScores, GameWrapper
 from lightning_shapley.criteria.game_based import ShapleyCriterion
 from lightning_shapley.estimators import BanditShapley, CutEstimate
 from lightning_shapley.games import ChannelGame, RestrictedGame
-from lightning_shapley.metrics import MetricLike
-from lightning_shapley.selection import backward_elimination, order_scores
+from lightning_shapley.games.surrogate import QuadraticGame
+from lightning_shapley.metrics import MetricLike, reference_logits
+from lightning_shapley.selection import backward_elimination, guided_elimination, order_scores
 
 __all__ = ["BanditShapleyCriterion", "stop_after"]
 
@@ -40,12 +41,18 @@ class BanditShapleyCriterion(ShapleyCriterion):
     :class:`~lightning_shapley.estimators.BanditShapley` only as far as the cut needs.
 
     The game is the agreement with the unpruned model (``"kl"``, no labels needed) with removed
-    channels set to zero, which its consumers' least-squares refit then compensates. Before any
+    channels set to zero, which its consumers' least-squares refit then compensates. It plays
+    on at most ``max_examples`` of the calibration examples, spread over the classes (each
+    evaluation costs a suffix forward over them; the refit uses all of them). Before any
     forward, the game's second-order surrogate (see
     :mod:`~lightning_shapley.games.surrogate`) gives exact Shapley values of a quadratic stand-in;
     the bandit samples first only the ``screen`` share of channels the surrogate puts nearest the
     cut, uses the surrogate as a control variate on every sample, and lets a screened channel
-    in as soon as its estimate comes within the surrogate's measured error of the cut.
+    in as soon as its estimate comes within the surrogate's measured error of the cut. The
+    channels the bandit leaves in doubt at the cut are decided by a greedy kept-set search among
+    them: the surrogate proposes the ``refine_width`` removals that look cheapest, the game
+    measures them, and the truly cheapest goes (see
+    :func:`~lightning_shapley.selection.guided_elimination`).
 
     Args:
         evaluations_per_channel: Most game evaluations per channel of a layer (raised to what
@@ -57,11 +64,14 @@ class BanditShapleyCriterion(ShapleyCriterion):
             bandit.
         metric: The game's value (see :func:`~lightning_shapley.metrics.value_function`).
         scope: ``"layer"`` or ``"network"``.
-        refine: Decide the channels the bandit leaves in doubt at the cut by greedy backward
-            elimination among them, every settled channel fixed on its side.
+        refine: Decide the channels the bandit leaves in doubt at the cut by a greedy kept-set
+            search among them, every settled channel fixed on its side (guided by the
+            surrogate; without it, lazy backward elimination).
+        refine_width: Removals the guided search measures per step.
         refine_limit: Most channels that search looks at, as a share of the layer's: those in
-            doubt nearest the cut (``None``: every channel in doubt). The search costs about
-            ``d + d/2 · log2 d`` evaluations on ``d`` channels.
+            doubt nearest the cut (``None``: every channel in doubt). The guided search costs
+            ``refine_width`` evaluations per channel it removes.
+        max_examples: Most calibration examples the game plays on (``None``: all).
         max_seconds: Time budget of one :meth:`score` call; channels of layers reached after it
             keep the estimates so far (the surrogate's values where nothing was sampled).
         should_stop: Called between sampling rounds; True stops the scoring the same way
@@ -80,6 +90,8 @@ class BanditShapleyCriterion(ShapleyCriterion):
         scope: str = "layer",
         refine: bool = True,
         refine_limit: float | None = None,
+        refine_width: int = 4,
+        max_examples: int | None = 32,
         max_seconds: float | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
@@ -89,6 +101,10 @@ class BanditShapleyCriterion(ShapleyCriterion):
             )
         if refine_limit is not None and not 0 < refine_limit <= 1:
             raise ValueError(f"refine_limit must be a share in (0, 1] or None, got {refine_limit}")
+        if refine_width < 1:
+            raise ValueError(f"refine_width must be positive, got {refine_width}")
+        if max_examples is not None and max_examples < 1:
+            raise ValueError(f"max_examples must be positive or None, got {max_examples}")
         if max_seconds is not None and max_seconds < 0:
             raise ValueError(f"max_seconds must be non-negative or None, got {max_seconds}")
         estimator = BanditShapley(
@@ -97,7 +113,8 @@ class BanditShapleyCriterion(ShapleyCriterion):
         super().__init__(estimator, None, scope=scope, metric=metric, ablation="zero")
         self.evaluations_per_channel, self.surrogate = evaluations_per_channel, surrogate
         self.max_seconds, self.should_stop, self.refine = max_seconds, should_stop, refine
-        self.refine_limit = refine_limit
+        self.refine_limit, self.refine_width = refine_limit, refine_width
+        self.max_examples = max_examples
         self.name = "bandit_shapley"
         self._deadline: float | None = None
 
@@ -116,6 +133,14 @@ class BanditShapleyCriterion(ShapleyCriterion):
         if self.max_seconds is not None:
             self._deadline = time.perf_counter() + self.max_seconds
         return super().score(model, layers, data, seed=seed, shard=shard, cut=cut)
+
+    def _score(self, model, layers, inputs, targets, seed):
+        if self.max_examples is not None and len(inputs) > self.max_examples:
+            known = reference_logits(model, inputs) if targets is None else targets
+            classes = known if known.dim() == 1 else known.argmax(-1)
+            picked = spread_subset(classes.cpu(), self.max_examples, seed=seed).to(inputs.device)
+            inputs, targets = inputs[picked], None if targets is None else targets[picked]
+        return super()._score(model, layers, inputs, targets, seed)
 
     def _stopped(self) -> bool:
         late = self._deadline is not None and time.perf_counter() >= self._deadline
@@ -137,12 +162,13 @@ class BanditShapleyCriterion(ShapleyCriterion):
         if not self.refine or self._stopped():
             return result.values, result.n_evals
         limit = n if self.refine_limit is None else max(2, math.ceil(self.refine_limit * n))
-        return _refined(shared, result, limit, self._stopped)
+        return _refined(shared, result, limit, self._stopped, control, self.refine_width)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(evaluations_per_channel={self.evaluations_per_channel}, "
-            f"screen={self.estimator.screen}, surrogate={self.surrogate}, scope={self.scope!r})"
+            f"screen={self.estimator.screen}, surrogate={self.surrogate}, "
+            f"max_examples={self.max_examples}, scope={self.scope!r})"
         )
 
 
@@ -151,11 +177,14 @@ def _refined(
     result: CutEstimate,
     limit: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    guide: QuadraticGame | None = None,
+    width: int = 4,
 ) -> tuple[torch.Tensor, int]:
     """Scores whose lowest ``k`` are the settled-below players, then those a greedy kept-set
     search removes among the players in doubt (at most ``limit``, those nearest the boundary;
-    every other player fixed on the side its estimate puts it). A search stopped early leaves
-    the rest of the cut to the estimates."""
+    every other player fixed on the side its estimate puts it): guided by ``guide``'s predicted
+    drops where there is one. A search stopped early leaves the rest of the cut to the
+    estimates."""
     below, doubt = result.settled_below, ~result.settled
     if limit is not None and int(doubt.sum()) > limit:
         distance = (result.values - result.boundary).abs()
@@ -167,8 +196,20 @@ def _refined(
     if left <= 0 or int(doubt.sum()) <= left:
         return result.values, result.n_evals
     players = torch.nonzero(doubt).flatten()
-    subgame = RestrictedGame(game, players, present=~below & ~doubt)
-    search = backward_elimination(subgame, left, should_stop=should_stop)
+    present = ~below & ~doubt
+    subgame = RestrictedGame(game, players, present=present)
+    if guide is None:
+        search = backward_elimination(subgame, left, should_stop=should_stop)
+    else:
+
+        def predicted_drops(kept: torch.Tensor) -> torch.Tensor:
+            whole = present.clone()
+            whole[players] = kept
+            return guide.removal_drops(whole)[players]
+
+        search = guided_elimination(
+            subgame, predicted_drops, left, width=width, should_stop=should_stop
+        )
     settled = torch.nonzero(below).flatten()
     settled = settled[torch.argsort(result.values[settled], stable=True)]
     order = torch.cat([settled, players[search.order]])

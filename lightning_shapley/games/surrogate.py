@@ -57,6 +57,20 @@ class QuadraticGame:
         removed = (~masks.bool()).double()
         return -0.5 * ((removed @ self.gram) * removed).sum(dim=1)
 
+    def removal_drops(self, kept: torch.Tensor) -> torch.Tensor:
+        """``[n]`` how much the value of coalition ``kept`` ``[n]`` falls when each player is
+        removed from it as well: ``(G r)_i + ½ G_ii`` with ``r`` the removal indicators
+        (meaningful for the players in ``kept``).
+
+        Example:
+            >>> game = QuadraticGame(torch.tensor([[2.0, 1.0], [1.0, 4.0]]))
+            >>> kept, empty = torch.tensor([True, False]), torch.tensor([[False, False]])
+            >>> game.removal_drops(kept)[0].item(), (game(kept[None]) - game(empty)).item()
+            (2.0, 2.0)
+        """
+        removed = (~kept.bool()).double()
+        return self.gram @ removed + 0.5 * self.gram.diagonal()
+
 
 def fisher_gram(
     model: nn.Module,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_shapley.calibration import spread_subset
 from lightning_shapley.criteria import (
     CRITERIA,
     DEFAULT_CRITERION,
@@ -16,6 +17,7 @@ from lightning_shapley.criteria import (
     stop_after,
 )
 from lightning_shapley.games import ChannelGame, PairwiseGame, RestrictedGame
+from lightning_shapley.metrics import reference_logits
 
 
 def net_and_data():
@@ -73,12 +75,48 @@ def test_refined_scores_put_the_search_removals_at_the_bottom():
 
 def test_a_stop_before_sampling_keeps_the_surrogate_decision():
     model, x = net_and_data()
-    stopped = BanditShapleyCriterion(should_stop=lambda: True).score(model, ["0"], x, cut=0.5)
-    timed = BanditShapleyCriterion(max_seconds=0).score(model, ["0"], x, cut=0.5)
+    everything = {"max_examples": None}
+    stopped = BanditShapleyCriterion(should_stop=lambda: True, **everything)
+    stopped = stopped.score(model, ["0"], x, cut=0.5)
+    timed = BanditShapleyCriterion(max_seconds=0, **everything).score(model, ["0"], x, cut=0.5)
     assert stopped.n_evals == 0 and timed.n_evals == 0
     game = ChannelGame(model, "0", x, metric="kl")
     surrogate = game.surrogate().shapley_values.float()
     torch.testing.assert_close(stopped.values["0"], surrogate)
+
+
+def test_the_game_plays_on_at_most_max_examples_spread_over_the_classes():
+    model, x = net_and_data()
+    stopped = BanditShapleyCriterion(max_examples=12, should_stop=lambda: True)
+    scores = stopped.score(model, ["0"], x, cut=0.5, seed=3)
+    picked = spread_subset(reference_logits(model, x).argmax(-1), 12, seed=3)
+    game = ChannelGame(model, "0", x[picked], metric="kl")
+    torch.testing.assert_close(scores.values["0"], game.surrogate().shapley_values.float())
+    everything = BanditShapleyCriterion(max_examples=None, should_stop=lambda: True)
+    assert not torch.allclose(everything.score(model, ["0"], x, cut=0.5).values["0"],
+                              scores.values["0"])  # fmt: skip
+    with pytest.raises(ValueError, match="max_examples"):
+        BanditShapleyCriterion(max_examples=0)
+
+
+def test_the_search_at_the_cut_is_guided_by_the_surrogate():
+    from lightning_shapley.criteria.bandit import _refined
+    from lightning_shapley.estimators.cut import cut_estimate
+    from lightning_shapley.games.surrogate import QuadraticGame
+
+    values = torch.zeros(6, dtype=torch.float64)
+    radius = torch.full((6,), 5.0, dtype=torch.float64)
+    result = cut_estimate(values, radius, radius, 3, 10, 0.95, torch.ones(6))
+    game = PairwiseGame(torch.tensor([0.0, 5.0, 1.0, 1.1, 0.1, 9.0]))
+    right = QuadraticGame(torch.diag(game.weights))
+    scores, n_evals = _refined(game, result, guide=right, width=2)
+    assert set(torch.argsort(scores)[:3].tolist()) == {0, 4, 2}
+    assert n_evals - 10 == 3 * 2  # two measured removals per step, no pass over everyone
+    wrong = QuadraticGame(torch.diag(-game.weights))  # proposes the most valuable first
+    scores, _ = _refined(game, result, guide=wrong, width=2)
+    assert set(torch.argsort(scores)[:3].tolist()) != {0, 4, 2}
+    with pytest.raises(ValueError, match="refine_width"):
+        BanditShapleyCriterion(refine_width=0)
 
 
 def test_stop_after_is_a_deadline():
