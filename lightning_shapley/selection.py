@@ -190,10 +190,15 @@ def guided_elimination(
     k: int,
     *,
     width: int = 4,
+    steps: int | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Elimination:
     """Remove ``k`` players one at a time, each time the one whose loss hurts the kept set least
     among the ``width`` that ``predicted_drops`` proposes.
+
+    With ``steps`` below ``k``, each step removes ``r = ⌈left / steps left⌉`` players instead:
+    the ``r`` whose single removals, measured, hurt least among the ``r + width − 1`` proposed
+    (``k + steps · (width − 1)`` evaluations in all instead of ``k · width``).
 
     Args:
         game: The game; its value is what the kept set should keep high.
@@ -202,10 +207,12 @@ def guided_elimination(
             :meth:`~lightning_shapley.games.surrogate.QuadraticGame.removal_drops`).
         k: Players to remove.
         width: Removals measured per step (1: follow the prediction without measuring).
+        steps: Most steps (``None``: ``k``, one removal each).
         should_stop: Called before each removal; True ends the search with the removals so far.
 
     Returns:
-        The removal order, the kept set's value after each removal, each player's predicted
+        The removal order, the kept set's value after each removal (``nan`` where a step
+        removed several or measured none), each player's predicted
         drop from the final kept set (``worth``), and the evaluations spent.
 
     Example:
@@ -217,30 +224,31 @@ def guided_elimination(
     """
     n = game.n_players
     _check_k(k, game, None)
-    if width < 1:
-        raise ValueError(f"width must be positive, got {width}")
+    if width < 1 or (steps is not None and steps < 1):
+        raise ValueError(f"width and steps must be positive, got width={width}, steps={steps}")
+    steps = k if steps is None else min(steps, k)
     kept = torch.ones(n, dtype=torch.bool)
     order: list[int] = []
     path: list[float] = []
     n_evals = 0
-    for _ in range(k):
+    for step in range(steps):
         if should_stop is not None and should_stop():
             break
+        removals = math.ceil((k - len(order)) / (steps - step))
         candidates = kept.nonzero().flatten()
         predicted = torch.as_tensor(predicted_drops(kept)).double()[candidates]
-        proposed = candidates[torch.argsort(predicted, stable=True)[:width]]
-        if width == 1:
-            player, value = int(proposed[0]), math.nan
-        else:
+        proposed = candidates[torch.argsort(predicted, stable=True)[: removals + width - 1]]
+        values = torch.full((len(proposed),), math.nan, dtype=torch.float64)
+        if width > 1:
             masks = kept.expand(len(proposed), -1).clone()
             masks[torch.arange(len(proposed)), proposed] = False
             values = _values(game, masks)
             n_evals += len(proposed)
-            best = int(torch.argmax(values))
-            player, value = int(proposed[best]), float(values[best])
-        kept[player] = False
-        order.append(player)
-        path.append(value)
+        best = torch.argsort(-values, stable=True)[:removals] if width > 1 else range(removals)
+        for index in best:
+            kept[proposed[index]] = False
+            order.append(int(proposed[index]))
+            path.append(float(values[index]) if removals == 1 else math.nan)
     return Elimination(
         torch.tensor(order, dtype=torch.long),
         torch.tensor(path, dtype=torch.float64),

@@ -191,3 +191,14 @@ def test_guided_elimination_validates_and_stops():
     with pytest.raises(ValueError, match="cannot remove"):
         guided_elimination(game, guide, 4)
     assert len(guided_elimination(game, guide, 3, should_stop=lambda: True).order) == 0
+
+
+def test_guided_elimination_in_fewer_steps_removes_several_per_step():
+    game = PairwiseGame(torch.arange(1.0, 11.0))
+    exact = QuadraticGame(torch.diag(game.weights))
+    result = guided_elimination(game, exact.removal_drops, 6, width=2, steps=2)
+    assert sorted(result.order.tolist()) == [0, 1, 2, 3, 4, 5]
+    assert result.n_evals == 6 + 2 * (2 - 1)  # k + steps · (width − 1)
+    assert torch.isnan(result.values).all()  # several removals per step: no kept-set value
+    with pytest.raises(ValueError, match="steps"):
+        guided_elimination(game, exact.removal_drops, 6, steps=0)

@@ -14,6 +14,7 @@ from lightning_shapley.calibration import CalibrationData, spread_subset
 from lightning_shapley.criteria.base import ChannelScores, GameWrapper
 from lightning_shapley.criteria.game_based import ShapleyCriterion
 from lightning_shapley.estimators import BanditShapley, CutEstimate
+from lightning_shapley.estimators.cut import cut_estimate
 from lightning_shapley.games import ChannelGame, RestrictedGame
 from lightning_shapley.games.surrogate import QuadraticGame
 from lightning_shapley.metrics import MetricLike, reference_logits
@@ -68,9 +69,12 @@ class BanditShapleyCriterion(ShapleyCriterion):
             search among them, every settled channel fixed on its side (guided by the
             surrogate; without it, lazy backward elimination).
         refine_width: Removals the guided search measures per step.
+        refine_steps: Most steps of the guided search per game; a layer with more channels to
+            remove removes several per step (see
+            :func:`~lightning_shapley.selection.guided_elimination`), so that its cost grows
+            as ``k + refine_steps · (refine_width − 1)``, not ``k · refine_width``.
         refine_limit: Most channels that search looks at, as a share of the layer's: those in
-            doubt nearest the cut (``None``: every channel in doubt). The guided search costs
-            ``refine_width`` evaluations per channel it removes.
+            doubt nearest the cut (``None``: every channel in doubt).
         max_examples: Most calibration examples the game plays on (``None``: all).
         max_seconds: Time budget of one :meth:`score` call; channels of layers reached after it
             keep the estimates so far (the surrogate's values where nothing was sampled).
@@ -91,6 +95,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         refine: bool = True,
         refine_limit: float | None = None,
         refine_width: int = 4,
+        refine_steps: int | None = 32,
         max_examples: int | None = 32,
         max_seconds: float | None = None,
         should_stop: Callable[[], bool] | None = None,
@@ -101,8 +106,11 @@ class BanditShapleyCriterion(ShapleyCriterion):
             )
         if refine_limit is not None and not 0 < refine_limit <= 1:
             raise ValueError(f"refine_limit must be a share in (0, 1] or None, got {refine_limit}")
-        if refine_width < 1:
-            raise ValueError(f"refine_width must be positive, got {refine_width}")
+        if refine_width < 1 or (refine_steps is not None and refine_steps < 1):
+            raise ValueError(
+                "refine_width and refine_steps must be positive, got "
+                f"refine_width={refine_width}, refine_steps={refine_steps}"
+            )
         if max_examples is not None and max_examples < 1:
             raise ValueError(f"max_examples must be positive or None, got {max_examples}")
         if max_seconds is not None and max_seconds < 0:
@@ -114,6 +122,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         self.evaluations_per_channel, self.surrogate = evaluations_per_channel, surrogate
         self.max_seconds, self.should_stop, self.refine = max_seconds, should_stop, refine
         self.refine_limit, self.refine_width = refine_limit, refine_width
+        self.refine_steps = refine_steps
         self.max_examples = max_examples
         self.name = "bandit_shapley"
         self._deadline: float | None = None
@@ -156,13 +165,25 @@ class BanditShapleyCriterion(ShapleyCriterion):
         budget = max(estimator.min_budget(n), round(self.evaluations_per_channel * n))
         control = game.surrogate(seed=seed) if self.surrogate else None
         shared = self._shard(game)
-        result = estimator.estimate(
-            shared, budget, seed=seed, control=control, should_stop=self._stopped
-        )
+        if (
+            self.refine
+            and control is not None
+            and not estimator.can_settle(n, budget, screened=True)
+        ):
+            # no channel could settle: the search decides them all, on the surrogate's guide
+            result = _unsampled(control, estimator.cut, 1 - estimator.delta)
+        else:
+            result = estimator.estimate(
+                shared, budget, seed=seed, control=control, should_stop=self._stopped
+            )
         if not self.refine or self._stopped():
             return result.values, result.n_evals
         limit = n if self.refine_limit is None else max(2, math.ceil(self.refine_limit * n))
-        return _refined(shared, result, limit, self._stopped, control, self.refine_width)
+        options = {
+            "width": self.refine_width,
+            "steps": self.refine_steps,
+        }
+        return _refined(shared, result, limit, self._stopped, control, options)
 
     def __repr__(self) -> str:
         return (
@@ -172,19 +193,26 @@ class BanditShapleyCriterion(ShapleyCriterion):
         )
 
 
+def _unsampled(control: QuadraticGame, k: int, confidence: float) -> CutEstimate:
+    """The surrogate's exact Shapley values as an estimate that settles no player."""
+    n = control.n_players
+    unknown = torch.full((n,), math.inf, dtype=torch.float64)
+    return cut_estimate(control.shapley_values, unknown, unknown, k, 0, confidence, torch.zeros(n))
+
+
 def _refined(
     game,
     result: CutEstimate,
     limit: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     guide: QuadraticGame | None = None,
-    width: int = 4,
+    options: dict | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Scores whose lowest ``k`` are the settled-below players, then those a greedy kept-set
     search removes among the players in doubt (at most ``limit``, those nearest the boundary;
     every other player fixed on the side its estimate puts it): guided by ``guide``'s predicted
-    drops where there is one. A search stopped early leaves the rest of the cut to the
-    estimates."""
+    drops where there is one (with ``options``). A search stopped early leaves the rest of the
+    cut to the estimates."""
     below, doubt = result.settled_below, ~result.settled
     if limit is not None and int(doubt.sum()) > limit:
         distance = (result.values - result.boundary).abs()
@@ -208,7 +236,7 @@ def _refined(
             return guide.removal_drops(whole)[players]
 
         search = guided_elimination(
-            subgame, predicted_drops, left, width=width, should_stop=should_stop
+            subgame, predicted_drops, left, should_stop=should_stop, **(options or {})
         )
     settled = torch.nonzero(below).flatten()
     settled = settled[torch.argsort(result.values[settled], stable=True)]

@@ -119,6 +119,19 @@ class BanditShapley(Estimator):
             return 2 * n_players + 2
         return (2 if self.antithetic else 1) * (n_players + 1)
 
+    def can_settle(self, n_players: int, budget: int, *, screened: bool = False) -> bool:
+        """Whether ``budget`` evaluations give the players sampled first (all, or the screened
+        share) the ``min_samples`` samples any of them needs to settle.
+
+        Example:
+            >>> BanditShapley(min_samples=3).can_settle(10, 66), BanditShapley().can_settle(10, 20)
+            (True, False)
+        """
+        sampled = n_players
+        if screened and self.screen is not None:
+            sampled = max(2, math.ceil(self.screen * n_players))
+        return budget >= self.min_samples * (2 if self.antithetic else 1) * (1 + sampled)
+
     def estimate(
         self,
         game: Game,

@@ -99,6 +99,16 @@ def test_the_game_plays_on_at_most_max_examples_spread_over_the_classes():
         BanditShapleyCriterion(max_examples=0)
 
 
+def test_the_bandit_samples_only_where_a_channel_could_settle():
+    model, x = net_and_data()
+    # 2 evaluations per channel cannot give any of the 16 channels 3 samples: the search at the
+    # cut alone spends evaluations, 4 per channel removed (8 steps of one removal each)
+    searched = BanditShapleyCriterion().score(model, ["0"], x, cut=0.5)
+    assert searched.n_evals == 8 * 4
+    sampled = BanditShapleyCriterion(evaluations_per_channel=64).score(model, ["0"], x, cut=0.5)
+    assert sampled.n_evals > searched.n_evals
+
+
 def test_the_search_at_the_cut_is_guided_by_the_surrogate():
     from lightning_shapley.criteria.bandit import _refined
     from lightning_shapley.estimators.cut import cut_estimate
@@ -109,11 +119,11 @@ def test_the_search_at_the_cut_is_guided_by_the_surrogate():
     result = cut_estimate(values, radius, radius, 3, 10, 0.95, torch.ones(6))
     game = PairwiseGame(torch.tensor([0.0, 5.0, 1.0, 1.1, 0.1, 9.0]))
     right = QuadraticGame(torch.diag(game.weights))
-    scores, n_evals = _refined(game, result, guide=right, width=2)
+    scores, n_evals = _refined(game, result, guide=right, options={"width": 2})
     assert set(torch.argsort(scores)[:3].tolist()) == {0, 4, 2}
     assert n_evals - 10 == 3 * 2  # two measured removals per step, no pass over everyone
     wrong = QuadraticGame(torch.diag(-game.weights))  # proposes the most valuable first
-    scores, _ = _refined(game, result, guide=wrong, width=2)
+    scores, _ = _refined(game, result, guide=wrong, options={"width": 2})
     assert set(torch.argsort(scores)[:3].tolist()) != {0, 4, 2}
     with pytest.raises(ValueError, match="refine_width"):
         BanditShapleyCriterion(refine_width=0)
