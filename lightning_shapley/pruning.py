@@ -67,6 +67,23 @@ class Consumer:
     channel_dim: int
     in_features: int
 
+    def feature_dim(self, x: torch.Tensor, leading: int = 1) -> int:
+        """The dimension of ``x``, an input of this consumer with ``leading`` batch
+        dimensions, that holds its features: ``channel_dim``'s, unless only the other one
+        has ``in_features`` entries (a ``LayerNorm2d`` reads ``[B, C, H, W]`` and permutes
+        inside).
+
+        Example:
+            >>> site = Consumer("norm", torch.arange(4), torch.arange(4), -1, 4)
+            >>> site.feature_dim(torch.ones(2, 3, 4)), site.feature_dim(torch.ones(2, 4, 3, 3))
+            (2, 1)
+        """
+        declared, other = (x.dim() - 1, leading) if self.channel_dim == -1 else (leading, -1)
+        other %= x.dim()
+        if x.shape[declared] != self.in_features and x.shape[other] == self.in_features:
+            return other
+        return declared
+
 
 @dataclass(frozen=True)
 class ChannelGroup:

@@ -49,8 +49,11 @@ class BanditShapleyCriterion(ShapleyCriterion):
     :mod:`~lightning_shapley.games.surrogate`) gives exact Shapley values of a quadratic stand-in;
     the bandit samples first only the ``screen`` share of channels the surrogate puts nearest the
     cut, uses the surrogate as a control variate on every sample, and lets a screened channel
-    in as soon as its estimate comes within the surrogate's measured error of the cut. The
-    channels the bandit leaves in doubt at the cut are decided by a greedy kept-set search among
+    in as soon as its estimate comes within the surrogate's measured error of the cut. It
+    samples only where ``evaluations_per_channel`` can give a channel the ``min_samples`` it
+    needs to settle (at the default 2 it cannot, and the search below decides every channel:
+    the same decision as after sampling, without the samples' cost). The channels the bandit
+    leaves in doubt at the cut are decided by a greedy kept-set search among
     them: the surrogate proposes the ``refine_width`` removals that look cheapest, the game
     measures them, and the truly cheapest goes (see
     :func:`~lightning_shapley.selection.guided_elimination`).
@@ -179,10 +182,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         if not self.refine or self._stopped():
             return result.values, result.n_evals
         limit = n if self.refine_limit is None else max(2, math.ceil(self.refine_limit * n))
-        options = {
-            "width": self.refine_width,
-            "steps": self.refine_steps,
-        }
+        options = {"width": self.refine_width, "steps": self.refine_steps}
         return _refined(shared, result, limit, self._stopped, control, options)
 
     def __repr__(self) -> str:

@@ -106,7 +106,7 @@ class ActivationCriterion(Criterion):
 
         def record(module: nn.Module, args: tuple) -> None:
             consumer, x = names[module], args[0]
-            dim = x.dim() - 1 if consumer.channel_dim == -1 else 1
+            dim = consumer.feature_dim(x)
             flat = x.movedim(dim, -1).reshape(-1, x.shape[dim])
             value = (flat != 0).float() if self.kind == "apoz" else flat.abs()
             stats[consumer.name] = stats.get(consumer.name, 0) + value.sum(dim=0)

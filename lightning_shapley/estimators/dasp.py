@@ -479,7 +479,7 @@ class MomentSuffix:
         """Ablation values, the fixed part of the consumer's output and ``P``, ``Q`` over all
         players (float64, ``[N, ...out]``)."""
         c, x = self.consumer, inputs.double()
-        dim = x.dim() - 1 if c.channel_dim == -1 else 1
+        dim = c.feature_dim(x)
         self._feature_shape = [1] * x.dim()
         self._feature_shape[dim] = c.in_features
         feature_idx = c.feature_idx.to(x.device)

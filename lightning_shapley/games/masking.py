@@ -235,7 +235,7 @@ class ConsumerMask:
         Returns:
             ``[m, B, ...]`` the masked inputs.
         """
-        dim = x.dim() - 1 if self.consumer.channel_dim == -1 else 2
+        dim = self.consumer.feature_dim(x, leading=2)
         if self.imputation is not None:
             return self._impute(x, masks, dim)
         feature = self.feature_masks(masks.to(x.dtype))
@@ -376,7 +376,7 @@ def consumer_input_means(
 
     def accumulate(module: nn.Module, args: tuple) -> None:
         name, x = names[module], args[0]
-        dim = x.dim() - 1 if consumers[name].channel_dim == -1 else 1
+        dim = consumers[name].feature_dim(x)
         flat = x.movedim(dim, -1).reshape(-1, x.shape[dim])
         sums[name] = sums.get(name, 0) + flat.sum(dim=0)
         counts[name] = counts.get(name, 0) + len(flat)
@@ -505,7 +505,7 @@ def linear_imputations(
     def accumulate(module: nn.Module, args: tuple) -> None:
         name, x = names[module], args[0]
         layout = layouts[name][0].to(x.device)
-        dim = x.dim() - 1 if consumers[name].channel_dim == -1 else 1
+        dim = consumers[name].feature_dim(x)
         y = x.index_select(dim, layout.flatten()) - means[name][layout.flatten()].view(
             [-1 if d == dim else 1 for d in range(x.dim())]
         )

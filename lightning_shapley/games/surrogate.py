@@ -147,7 +147,7 @@ def _objectives(log_p: torch.Tensor, draws: int, generator: torch.Generator):
 def _per_player(product: torch.Tensor, consumer: Consumer, n_players: int) -> torch.Tensor:
     """Sum ``product`` ``[B, ...]`` (input × gradient at a consumer) over each player's
     features and positions: ``[B, n_players]``."""
-    dim = product.dim() - 1 if consumer.channel_dim == -1 else 1
+    dim = consumer.feature_dim(product)
     per_feature = product.movedim(dim, -1).reshape(len(product), -1, product.shape[dim]).sum(1)
     out = torch.zeros(len(product), n_players, dtype=torch.float64, device=product.device)
     feature_idx = consumer.feature_idx.to(product.device)

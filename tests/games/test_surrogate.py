@@ -60,3 +60,26 @@ def test_first_order_terms_are_input_times_gradient_at_the_consumer():
         expected += log_p[0, label].exp().item() * torch.outer(a, a)
     torch.testing.assert_close(gram, expected)
     assert ChannelGame(model, "0", x, metric="kl").surrogate().gram.abs().max() == 0
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's and timm's ConvNeXt norm: a ``LayerNorm`` over the channels of
+    ``[B, C, H, W]``, permuting inside."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_layer_norm_that_reads_channels_first_is_summed_over_its_channels():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 2, stride=2), LayerNorm2d(8), nn.Conv2d(8, 6, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
+    ).eval()  # fmt: skip
+    game = ChannelGame(model, "0", torch.randn(16, 3, 8, 8), metric="kl")
+    surrogate = game.surrogate()
+    assert surrogate.gram.shape == (8, 8) and torch.isfinite(surrogate.gram).all()
+    masks = torch.ones(8, 8, dtype=torch.bool)
+    masks[torch.arange(8), torch.arange(8)] = False
+    single = torch.stack([game(masks).double(), surrogate(masks)])
+    assert torch.corrcoef(single)[0, 1] > 0.5
