@@ -393,7 +393,7 @@ class ShapleyPruningCallback(Callback):
                 f"{type(self.criterion).__name__}"
             )
         takes_scope = "scope" in CRITERION_OPTIONS.get(self.criterion, ())
-        scope = "network" if self.scope == "global" and takes_scope else None
+        scope = "global" if self.scope == "global" and takes_scope else None
         return make_criterion(self.criterion, scope=scope, **options)
 
     def _prune(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:

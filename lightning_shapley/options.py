@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 CriterionName = Literal[
-    "bandit_shapley", "greedy", "shapley", "shapley_network", "ancona_shapley", "greedy_refit",
+    "bandit_shapley", "greedy", "shapley", "shapley_global", "ancona_shapley", "greedy_refit",
     "beam", "iterated_shapley", "cut_shapley", "loo", "random", "l1", "l2", "bn_scale", "taylor",
     "grad_input", "integrated_gradients", "deeplift", "apoz", "activation_mean",
 ]  # fmt: skip

@@ -161,7 +161,7 @@ class PruningSession:
     def _plan(
         self, scores: dict[str, torch.Tensor], ratio: float | dict[str, float]
     ) -> PruningPlan:
-        normalize = "none" if getattr(self.criterion, "scope", "layer") == "network" else "mean"
+        normalize = "none" if getattr(self.criterion, "scope", "layer") == "global" else "mean"
         return make_plan(scores, ratio, scope=self.scope, normalize=normalize,
                          min_channels=self.min_channels, round_to=self.round_to,
                          cost=self.cost)  # fmt: skip

@@ -163,9 +163,9 @@ def test_options_reach_the_criterion_or_are_refused():
     assert type(shapley.estimator).__name__ == "BanditShapley"
     assert (shapley.budget, shapley.metric, shapley.ablation) == (9, "accuracy", "mean")
     greedy = ShapleyPruningCallback(criterion="greedy", scope="global", ablation="zero")
-    assert (greedy._criterion().scope, greedy._criterion().ablation) == ("network", "zero")
+    assert (greedy._criterion().scope, greedy._criterion().ablation) == ("global", "zero")
     default = ShapleyPruningCallback(scope="global", metric="cross_entropy")._criterion()
-    assert (default.scope, default.metric) == ("network", "cross_entropy")
+    assert (default.scope, default.metric) == ("global", "cross_entropy")
     with pytest.raises(ValueError, match="criterion 'bandit_shapley' takes no budget"):
         ShapleyPruningCallback(budget=7)
     with pytest.raises(ValueError, match="criterion 'l1' takes no estimator"):

@@ -53,7 +53,7 @@ estimated by the bandit sampler at the cut (see :class:`BanditShapleyCriterion`)
 CRITERIA = {
     "bandit_shapley": BanditShapleyCriterion,
     "shapley": lambda: ShapleyCriterion("permutation"),
-    "shapley_network": lambda: ShapleyCriterion("permutation", scope="network"),
+    "shapley_global": lambda: ShapleyCriterion("permutation", scope="global"),
     "ancona_shapley": AnconaShapley,
     "greedy": EliminationCriterion,
     "greedy_refit": lambda: EliminationCriterion(ablation="refit"),

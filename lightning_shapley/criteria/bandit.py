@@ -67,7 +67,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         surrogate: Use the surrogate (control variate and screening); without it, the plain
             bandit.
         metric: The game's value (see :func:`~lightning_shapley.metrics.value_function`).
-        scope: ``"layer"`` or ``"network"``.
+        scope: ``"layer"`` or ``"global"`` (one game over all layers' channels).
         refine: Decide the channels the bandit leaves in doubt at the cut by a greedy kept-set
             search among them, every settled channel fixed on its side (guided by the
             surrogate; without it, lazy backward elimination).

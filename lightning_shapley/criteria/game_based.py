@@ -20,6 +20,7 @@ from lightning_shapley.estimators import (
 )
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.metrics import MetricLike, value_function
+from lightning_shapley.options import SCOPES, check_choice
 
 __all__ = ["ESTIMATORS", "AnconaShapley", "ShapleyCriterion", "estimator_by_name"]
 
@@ -32,7 +33,6 @@ ESTIMATORS = {
     "tmab": TMABShapley,
     "cut_permutation": CutPermutationShapley,
 }
-SCOPES = ("layer", "network")
 
 
 def estimator_by_name(name: str) -> Estimator:
@@ -53,7 +53,7 @@ class ShapleyCriterion(Criterion):
         budget: Game evaluations per game (``None``: the estimator's own, e.g. ``n + 1`` for
             leave-one-out). Raised, with a warning, where a layer needs more than this for one
             estimate (an antithetic permutation pair costs ``2n`` on ``n`` channels).
-        scope: ``"layer"`` (one game per layer) or ``"network"`` (one game over all layers'
+        scope: ``"layer"`` (one game per layer) or ``"global"`` (one game over all layers'
             channels, whose values share one scale).
         metric: The game's value (see :class:`~lightning_shapley.games.ChannelGame`).
         ablation: ``"zero"`` or ``"mean"``.
@@ -73,8 +73,7 @@ class ShapleyCriterion(Criterion):
             raise TypeError(
                 f"estimator must be a name or an Estimator, got {type(estimator).__name__}"
             )
-        if scope not in SCOPES:
-            raise ValueError(f"scope={scope!r} is invalid; use one of {SCOPES}")
+        check_choice("scope", scope, SCOPES)
         self.budget, self.scope, self.metric, self.ablation = budget, scope, metric, ablation
         self.label_free = value_function(metric).label_free
         self.name = "loo" if isinstance(self.estimator, LeaveOneOut) else "shapley"
@@ -82,7 +81,7 @@ class ShapleyCriterion(Criterion):
     def _games(self, model, layers, inputs, targets):
         options = {"metric": self.metric, "ablation": self.ablation}
         data = inputs if targets is None else (inputs, targets)
-        if self.scope == "network":
+        if self.scope == "global":
             return [(layers, ChannelGame(model, layers, data, **options))]
         return [([layer], ChannelGame(model, layer, data, **options)) for layer in layers]
 

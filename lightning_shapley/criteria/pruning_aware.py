@@ -70,12 +70,12 @@ class EliminationCriterion(_KeptSetSearch):
     Args:
         beam: Kept sets followed at once (1: greedy).
         width: Channels measured again per round of the lazy search (default ``log2 n``).
-        scope: ``"layer"`` or ``"network"`` (one search over all layers' channels, which also
+        scope: ``"layer"`` or ``"global"`` (one search over all layers' channels, which also
             decides how many each layer loses).
         metric: The game's value (see :func:`~lightning_shapley.metrics.value_function`).
         ablation: ``"zero"``, ``"mean"``, ``"regression"`` or ``"refit"`` (see
             :class:`~lightning_shapley.games.ChannelGame`).
-        cost: ``"params"`` or ``"macs"`` (network scope, greedy): the cut is then a share of
+        cost: ``"params"`` or ``"macs"`` (global scope, greedy): the cut is then a share of
             the total parameters or MACs of the layers' channels, and each step removes the
             channel that loses least per unit saved, so the game decides how many each layer
             loses at a fixed budget. Plan it with the same ``cost`` (see
@@ -96,8 +96,8 @@ class EliminationCriterion(_KeptSetSearch):
             raise ValueError(f"beam and width must be positive, got beam={beam}, width={width}")
         if cost not in (None, "params", "macs"):
             raise ValueError(f"cost={cost!r} is invalid; use None, 'params' or 'macs'")
-        if cost is not None and (scope != "network" or beam != 1):
-            raise ValueError("a cost budget needs scope='network' and beam=1")
+        if cost is not None and (scope != "global" or beam != 1):
+            raise ValueError("a cost budget needs scope='global' and beam=1")
         super().__init__("loo", None, scope=scope, metric=metric, ablation=ablation)
         self.beam, self.width, self.cost = beam, width, cost
         self.name = "greedy" if beam == 1 else "beam"

@@ -90,10 +90,9 @@ def obtain_model(recipe: Recipe, data: RecipeData, instance: int) -> nn.Module:
 def _criterion(name: str, recipe: Recipe) -> Criterion:
     p = recipe.pruning
     if name == "shapley":
-        scope = "network" if p.scope == "global" else "layer"
-        return ShapleyCriterion(p.estimator, p.budget, scope=scope, ablation=p.ablation)
+        return ShapleyCriterion(p.estimator, p.budget, scope=p.scope, ablation=p.ablation)
     if name == "greedy" and p.scope == "global":  # the game decides the allocation
-        return EliminationCriterion(scope="network", cost=None if p.cost == "channels" else p.cost)
+        return EliminationCriterion(scope="global", cost=None if p.cost == "channels" else p.cost)
     return criterion_by_name(name)
 
 

@@ -122,11 +122,11 @@ def test_random_is_seeded_and_every_name_builds():
     assert model.training is False and torch.is_grad_enabled()
 
 
-def test_network_scope_scores_every_layer_from_one_game():
+def test_global_scope_scores_every_layer_from_one_game():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1),
                           nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 2))  # fmt: skip
     x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 2, (8,))
-    result = ShapleyCriterion("exact", None, scope="network").score(model, ["0", "2"], (x, y))
+    result = ShapleyCriterion("exact", None, scope="global").score(model, ["0", "2"], (x, y))
     assert [len(v) for v in result.values.values()] == [4, 3]
     assert result.n_evals == 2**7
 

@@ -34,9 +34,9 @@ def test_elimination_scores_cut_at_the_searched_kept_set():
     assert make_plan(full.values, 0.5).removed == plan.removed  # greedy is greedy, cut or not
 
 
-def test_default_elimination_is_label_free_and_network_scope_keeps_every_layer():
+def test_default_elimination_is_label_free_and_global_scope_keeps_every_layer():
     model, x, _ = model_and_data()
-    criterion = EliminationCriterion(scope="network")
+    criterion = EliminationCriterion(scope="global")
     assert criterion.label_free
     scores = criterion.score(model, ["0", "3", "7"], x, cut=0.7)  # inputs alone
     plan = make_plan(scores.values, 0.7, scope="global", normalize="none")
