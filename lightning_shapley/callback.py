@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,9 +31,11 @@ from lightning_shapley.calibration import (
 from lightning_shapley.criteria import (
     CRITERION_OPTIONS,
     DEFAULT_CRITERION,
+    BanditShapleyCriterion,
     Criterion,
     ImportanceCriterion,
     make_criterion,
+    stop_after,
 )
 from lightning_shapley.games.distributed import ShardedGame
 from lightning_shapley.metrics import first_logits, value_function
@@ -130,6 +133,9 @@ class ShapleyPruningCallback(Callback):
         min_channels: Channels every layer keeps at least.
         round_to: Round kept channel counts up to a multiple of this.
         fine_tune: Keep training after pruning (``False`` stops the fit after the last prune).
+        max_seconds: Time budget of each prune's scoring (``bandit_shapley`` only, one process):
+            once spent, the decision so far stands (the search's removals so far, the
+            surrogate's values for the layers not reached yet) and the prune goes on with it.
         seed: Seed of the calibration draw and the estimators.
         verbose: Report each prune in the log.
 
@@ -169,6 +175,7 @@ class ShapleyPruningCallback(Callback):
         min_channels: int = 1,
         round_to: int | None = None,
         fine_tune: bool = True,
+        max_seconds: float | None = None,
         seed: int = 0,
         verbose: bool = True,
     ) -> None:
@@ -207,6 +214,12 @@ class ShapleyPruningCallback(Callback):
             raise ValueError(f"min_channels must be a positive integer, got {min_channels!r}")
         if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
+        if max_seconds is not None and (
+            not isinstance(max_seconds, int | float) or max_seconds < 0
+        ):
+            raise ValueError(
+                f"max_seconds must be non-negative seconds or None, got {max_seconds!r}"
+            )
         self.ratio, self.epochs, self.scope, self.schedule = ratio, epochs, scope, schedule
         self.prune_on = prune_on
         self.criterion, self.estimator, self.budget = criterion, estimator, budget
@@ -217,7 +230,8 @@ class ShapleyPruningCallback(Callback):
         self.ignored_layers = tuple(ignored_layers)
         self.min_channels, self.round_to = min_channels, round_to
         self.fine_tune, self.seed, self.verbose = fine_tune, seed, verbose
-        self._criterion()  # validates the criterion and its options
+        self.max_seconds = max_seconds
+        self._criterion()  # validates the criterion, its options and the time budget
         # state kept in checkpoints
         self.pruned_epochs: list[int] = []
         self.history: list[dict] = []
@@ -375,6 +389,15 @@ class ShapleyPruningCallback(Callback):
         return inputs, targets, held_out
 
     def _criterion(self) -> Criterion:
+        criterion = self._named_criterion()
+        if self.max_seconds is not None and not isinstance(criterion, BanditShapleyCriterion):
+            raise ValueError(
+                "max_seconds needs a criterion that can stop with its decision so far "
+                f"(bandit_shapley), not {criterion.name!r}"
+            )
+        return criterion
+
+    def _named_criterion(self) -> Criterion:
         options = {"estimator": self.estimator, "budget": self.budget, "metric": self.metric,
                    "ablation": self.ablation}  # fmt: skip
         given = sorted(k for k, v in options.items() if v is not None)
@@ -396,6 +419,18 @@ class ShapleyPruningCallback(Callback):
         scope = "global" if self.scope == "global" and takes_scope else None
         return make_criterion(self.criterion, scope=scope, **options)
 
+    def _timed_criterion(self, world_size: int) -> Criterion:
+        """The criterion, stopping its scoring ``max_seconds`` from now if there is a budget."""
+        criterion = self._criterion()
+        if self.max_seconds is None:
+            return criterion
+        if world_size > 1:  # every process must stop at the same evaluation
+            raise ValueError("max_seconds needs a single process; leave it out under DDP")
+        timed = copy.copy(criterion)
+        deadline, own = stop_after(self.max_seconds), criterion.should_stop
+        timed.should_stop = deadline if own is None else lambda: deadline() or bool(own())
+        return timed
+
     def _prune(self, trainer: pl.Trainer, module: pl.LightningModule, epoch: int) -> None:
         if not self.pruned_epochs and not is_overridden(
             "on_load_checkpoint", module, pl.LightningModule
@@ -412,7 +447,7 @@ class ShapleyPruningCallback(Callback):
         layers = prunable_layer_names(module, inputs[:1], ignored=self.ignored_layers)
         if not layers:
             raise ValueError("ShapleyPruningCallback found no prunable layer in the model")
-        criterion = self._criterion()
+        criterion = self._timed_criterion(trainer.world_size)
         if targets is None and not criterion.label_free:
             raise ValueError(
                 f"criterion {criterion.name!r} needs labelled calibration data: pass (inputs, "

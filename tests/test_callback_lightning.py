@@ -381,3 +381,19 @@ def test_under_rich_the_scoring_is_a_task_of_the_rich_bar(capsys):
         0: {"description": "Pruning: layer 2/4 (net.3)", "completed": 15, "removed": True}
     }
     assert capsys.readouterr().out == ""  # no ASCII bar printed under Rich
+
+
+def test_a_time_budget_ends_the_scoring_with_the_decision_so_far(tmp_path):
+    with pytest.raises(ValueError, match="max_seconds needs a criterion that can stop"):
+        ShapleyPruningCallback(0.5, criterion="l1", max_seconds=10)
+    with pytest.raises(ValueError, match="max_seconds must be"):
+        ShapleyPruningCallback(0.5, max_seconds=-1)
+    train, val = digits_loaders(n_train=256, n_val=200)
+    spent, params = {}, {}
+    for seconds in (0, None):
+        fit = trainer(tmp_path, [ShapleyPruningCallback(0.5, max_seconds=seconds)], max_epochs=1)
+        fit.fit(DigitsModule(), train, val)
+        spent[seconds] = fit.callback_metrics["pruning/evaluations"].item()
+        params[seconds] = fit.callback_metrics["pruning/params"].item()
+    assert spent[0] == 0 < spent[None]  # out of time at once: the surrogate's decision
+    assert params[0] == params[None]  # the same ratio reached either way
