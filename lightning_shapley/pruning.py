@@ -166,12 +166,33 @@ def _weighted_layer_names(model: nn.Module) -> list[str]:
     ]
 
 
+_UNTRACEABLE = {
+    "ShiftedWindowAttention": "Swin's shifted-window attention",
+    "ShiftedWindowAttentionV2": "Swin V2's shifted-window attention",
+}
+"""Modules whose graph torch-pruning does not finish: following the residual stream through the
+windows' rolls and reshapes, its index mapping grows without bound (past 16 GB for a swin_t at
+32×32, and still tracing after 5 minutes at 224×224)."""
+
+
+def _refuse_untraceable(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        what = _UNTRACEABLE.get(type(module).__name__)
+        if what is not None:
+            raise ValueError(
+                f"torch-pruning's dependency graph does not finish on {what} ({name!r}: its index "
+                "mapping grows without bound, past 16 GB), so no channel of this model can be "
+                "pruned; ignored_layers cannot help, since the graph covers the whole model"
+            )
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``, traced on ``example_input`` ``[1, ...]``.
 
     Raises:
-        ValueError: If torch-pruning cannot trace the model.
+        ValueError: If torch-pruning cannot trace the model, or is known not to finish on it.
     """
+    _refuse_untraceable(model)
     frozen = [p for p in model.parameters() if not p.requires_grad]  # traced through autograd
     with _preserved_state(model):
         try:

@@ -212,8 +212,8 @@ def guided_elimination(
 
     Returns:
         The removal order, the kept set's value after each removal (``nan`` where a step
-        removed several or measured none), each player's predicted
-        drop from the final kept set (``worth``), and the evaluations spent.
+        removed several or measured none), each player's predicted drop from the final kept
+        set (``worth``), and the evaluations spent.
 
     Example:
         >>> from lightning_shapley.games import PairwiseGame

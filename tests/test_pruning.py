@@ -223,3 +223,9 @@ def test_channels_tied_by_a_depthwise_conv_are_one_player():
     assert pruned.stem[0].out_channels == 4 and pruned.cheap[0].groups == 2
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
+
+
+def test_swin_is_refused_before_torch_pruning_builds_its_graph():
+    model = torchvision.models.swin_t(weights=None, num_classes=10)
+    with pytest.raises(ValueError, match=r"shifted-window attention \('features.1.0.attn'"):
+        prunable_layer_names(model, torch.randn(1, 3, 32, 32))
