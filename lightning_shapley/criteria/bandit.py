@@ -13,6 +13,7 @@ from torch import nn
 from lightning_shapley.calibration import CalibrationData, spread_subset
 from lightning_shapley.criteria.base import ChannelScores, GameWrapper
 from lightning_shapley.criteria.game_based import ShapleyCriterion
+from lightning_shapley.criteria.pruning_aware import blind_game_error
 from lightning_shapley.estimators import BanditShapley, CutEstimate
 from lightning_shapley.estimators.cut import cut_estimate
 from lightning_shapley.games import ChannelGame, RestrictedGame
@@ -183,7 +184,11 @@ class BanditShapleyCriterion(ShapleyCriterion):
             return result.values, result.n_evals
         limit = n if self.refine_limit is None else max(2, math.ceil(self.refine_limit * n))
         options = {"width": self.refine_width, "steps": self.refine_steps}
-        return _refined(shared, result, limit, self._stopped, control, options)
+        seen = _ValueRange(shared)
+        scores = _refined(seen, result, limit, self._stopped, control, options)
+        if seen.count >= 2 and seen.low == seen.high:
+            raise blind_game_error(game)
+        return scores
 
     def __repr__(self) -> str:
         return (
@@ -191,6 +196,22 @@ class BanditShapleyCriterion(ShapleyCriterion):
             f"screen={self.estimator.screen}, surrogate={self.surrogate}, "
             f"max_examples={self.max_examples}, scope={self.scope!r})"
         )
+
+
+class _ValueRange:
+    """A game that remembers the lowest and highest values it gave, and how many."""
+
+    def __init__(self, game) -> None:
+        self.game, self.n_players = game, game.n_players
+        self.low, self.high, self.count = math.inf, -math.inf, 0
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        values = self.game(masks)
+        if len(values):
+            self.low = min(self.low, float(values.min()))
+            self.high = max(self.high, float(values.max()))
+            self.count += len(values)
+        return values
 
 
 def _unsampled(control: QuadraticGame, k: int, confidence: float) -> CutEstimate:

@@ -186,3 +186,12 @@ def test_a_stop_during_the_search_keeps_the_removals_so_far():
     # the search removed player 4; the third place goes to the lowest estimate left, player 2
     assert torch.argsort(scores)[:3].tolist() == [0, 4, 2]
     assert len(calls) == 2
+
+
+def test_a_game_blind_to_the_channels_is_refused_not_guessed():
+    model, x = net_and_data()
+    with torch.no_grad():
+        model[2].weight.zero_()  # the only consumer of layer "0" reads none of its channels
+    with pytest.raises(ValueError, match="'0' gives every kept set the same value"):
+        BanditShapleyCriterion().score(model, ["0"], x, cut=0.5)
+    BanditShapleyCriterion().score(model, ["2"], x, cut=0.5)  # layer "2" still counts
