@@ -1,6 +1,8 @@
 """Does it run on the user's model? Every criterion family on common architectures.
 
-Random weights, ``--images`` calibration images of ``--size``² (random, with random labels),
+Random weights (the classifier scaled so that the logits spread as a trained model's do: fresh
+heads predict nearly uniformly, and every channel game would be blind), ``--images``
+calibration images of ``--size``² (random, with random labels),
 ``--ratio`` of the channels of every prunable group removed; one cell per (architecture,
 criterion): the layers found by ``prunable_layer_names`` are scored on the unpruned model, cut
 by one plan (``make_plan``, the same share of every layer), and pruned with the default
@@ -200,6 +202,20 @@ def _torch_pruning(model, x, ratio) -> dict:
     return row
 
 
+def _spread_logits(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Scale the classifier (the last linear or convolutional layer) so that the random model's
+    logits on ``x`` have unit spread, as a trained model's do: freshly initialised heads give
+    nearly uniform predictions, whose agreement with the unpruned model no channel changes in
+    float32, and every channel game would be blind."""
+    with torch.no_grad():
+        spread = float(model(x).float().std())
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
+        if spread > 0:
+            head.weight.mul_(1 / spread)
+            if head.bias is not None:
+                head.bias.mul_(1 / spread)
+
+
 def run_cell(model_name, criterion_name, images, size, ratio, budget, threads, queue) -> None:
     """One (architecture, criterion) cell, in its own process; puts its row on ``queue``."""
     torch.set_num_threads(threads)
@@ -211,6 +227,7 @@ def run_cell(model_name, criterion_name, images, size, ratio, budget, threads, q
             torch.manual_seed(0)
             model = MODELS[model_name]().eval()
             x, y = _data(images, size)
+            _spread_logits(model, x)
             if criterion_name == "tp":
                 row.update(_torch_pruning(model, x, ratio))
             else:
@@ -396,7 +413,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown: {unknown}")
     notes = (
-        f"Random weights; {args.images} random calibration images of {args.size}×{args.size} "
+        "Random weights, the classifier scaled so that the logits on the calibration images "
+        f"have unit spread; {args.images} random calibration images of {args.size}×{args.size} "
         f"with random labels; {args.ratio:.0%} of every prunable group's channels removed "
         "(one plan, scores from the unpruned model), then the default compensation "
         "(`least_squares`). `vit_tiny` is torchvision's `VisionTransformer` with 32×32 images, "

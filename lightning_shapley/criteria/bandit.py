@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -12,8 +13,8 @@ from torch import nn
 
 from lightning_shapley.calibration import CalibrationData, spread_subset
 from lightning_shapley.criteria.base import ChannelScores, GameWrapper
+from lightning_shapley.criteria.classic import ImportanceCriterion
 from lightning_shapley.criteria.game_based import ShapleyCriterion
-from lightning_shapley.criteria.pruning_aware import blind_game_error
 from lightning_shapley.estimators import BanditShapley, CutEstimate
 from lightning_shapley.estimators.cut import cut_estimate
 from lightning_shapley.games import ChannelGame, RestrictedGame
@@ -187,7 +188,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         seen = _ValueRange(shared)
         scores = _refined(seen, result, limit, self._stopped, control, options)
         if seen.count >= 2 and seen.low == seen.high:
-            raise blind_game_error(game)
+            return _weight_norms(game), scores[1]
         return scores
 
     def __repr__(self) -> str:
@@ -196,6 +197,21 @@ class BanditShapleyCriterion(ShapleyCriterion):
             f"screen={self.estimator.screen}, surrogate={self.surrogate}, "
             f"max_examples={self.max_examples}, scope={self.scope!r})"
         )
+
+
+def _weight_norms(game: ChannelGame) -> torch.Tensor:
+    """``[n]`` the weight L1 norms of the channels of a game that no coalition changes, with one
+    warning: on the calibration data any cut is as good as another, and a dead or saturated
+    layer (a gate stuck open, a residual branch scaled to zero) is no reason to stop a prune."""
+    layers = [group.layer for group in game.groups]
+    warnings.warn(
+        f"the channel game of {', '.join(map(repr, layers))} gives every kept set the same value "
+        "on the calibration data (dead or saturated channels): its channels are ranked by "
+        "weight L1 norm instead",
+        stacklevel=5,
+    )
+    norms = ImportanceCriterion("l1").score(game.model, layers, game.example_input)
+    return torch.cat([norms.values[layer] for layer in layers]).double()
 
 
 class _ValueRange:

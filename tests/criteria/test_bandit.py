@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -188,10 +189,14 @@ def test_a_stop_during_the_search_keeps_the_removals_so_far():
     assert len(calls) == 2
 
 
-def test_a_game_blind_to_the_channels_is_refused_not_guessed():
+def test_a_game_blind_to_the_channels_falls_back_to_weight_norms_with_a_warning():
     model, x = net_and_data()
     with torch.no_grad():
         model[2].weight.zero_()  # the only consumer of layer "0" reads none of its channels
-    with pytest.raises(ValueError, match="'0' gives every kept set the same value"):
-        BanditShapleyCriterion().score(model, ["0"], x, cut=0.5)
-    BanditShapleyCriterion().score(model, ["2"], x, cut=0.5)  # layer "2" still counts
+    with pytest.warns(UserWarning, match="'0' gives every kept set the same value.*L1 norm"):
+        blind = BanditShapleyCriterion().score(model, ["0"], x, cut=0.5)
+    norms = model[0].weight.abs().sum(dim=(1, 2, 3))
+    assert torch.equal(torch.argsort(blind.values["0"]), torch.argsort(norms))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # layer "2" still counts: no fallback there
+        BanditShapleyCriterion().score(model, ["2"], x, cut=0.5)
