@@ -15,7 +15,8 @@ the second question directly on the same batched game:
 * :func:`guided_elimination` is greedy too, but lets a cheap model of the game (a surrogate
   that predicts every removal's drop for free) propose the ``width`` removals that look
   cheapest at each step, measures only those, and takes the one that truly costs least:
-  ``k · width`` evaluations, with no pass over every player first.
+  ``k · width`` evaluations (``k + steps · (width − 1)`` when a step may remove several), with
+  no pass over every player first.
 * :func:`iterated_removal` estimates Shapley values, removes a share of the lowest, and
   estimates again on the game restricted to the players that remain, for ``rounds`` rounds.
 

@@ -50,18 +50,13 @@ def _check_tells_apart(result: Elimination, game: ChannelGame) -> None:
     if len(result.order) == 0 or game.n_players < 2 or len(worth) < 2:
         return
     if bool((worth == worth[0]).all()) and bool((values == values[0]).all()):
-        raise blind_game_error(game)
-
-
-def blind_game_error(game: ChannelGame) -> ValueError:
-    """The error for a channel game whose value no coalition changes."""
-    layers = ", ".join(repr(g.layer) for g in game.groups)
-    return ValueError(
-        f"the channel game of {layers} gives every kept set the same value, so it cannot "
-        "tell the channels apart: its value does not see them (a one-output or multi-label "
-        "model needs metric='mse', 'bce' or 'auto'), or the layer is dead; leave it out "
-        "with ignored_layers"
-    )
+        layers = ", ".join(repr(g.layer) for g in game.groups)
+        raise ValueError(
+            f"the channel game of {layers} gives every kept set the same value, so it cannot "
+            "tell the channels apart: its value does not see them (a one-output or multi-label "
+            "model needs metric='mse', 'bce' or 'auto'), or the layer is dead; leave it out "
+            "with ignored_layers"
+        )
 
 
 class EliminationCriterion(_KeptSetSearch):
