@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -13,7 +12,6 @@ from torch import nn
 
 from lightning_shapley.calibration import CalibrationData, spread_subset
 from lightning_shapley.criteria.base import ChannelScores, GameWrapper
-from lightning_shapley.criteria.classic import ImportanceCriterion
 from lightning_shapley.criteria.game_based import ShapleyCriterion
 from lightning_shapley.estimators import BanditShapley, CutEstimate
 from lightning_shapley.estimators.cut import cut_estimate
@@ -185,11 +183,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
             return result.values, result.n_evals
         limit = n if self.refine_limit is None else max(2, math.ceil(self.refine_limit * n))
         options = {"width": self.refine_width, "steps": self.refine_steps}
-        seen = _ValueRange(shared)
-        scores = _refined(seen, result, limit, self._stopped, control, options)
-        if seen.count >= 2 and seen.low == seen.high:
-            return _weight_norms(game), scores[1]
-        return scores
+        return _refined(shared, result, limit, self._stopped, control, options)
 
     def __repr__(self) -> str:
         return (
@@ -197,37 +191,6 @@ class BanditShapleyCriterion(ShapleyCriterion):
             f"screen={self.estimator.screen}, surrogate={self.surrogate}, "
             f"max_examples={self.max_examples}, scope={self.scope!r})"
         )
-
-
-def _weight_norms(game: ChannelGame) -> torch.Tensor:
-    """``[n]`` the weight L1 norms of the channels of a game that no coalition changes, with one
-    warning: on the calibration data any cut is as good as another, and a dead or saturated
-    layer (a gate stuck open, a residual branch scaled to zero) is no reason to stop a prune."""
-    layers = [group.layer for group in game.groups]
-    warnings.warn(
-        f"the channel game of {', '.join(map(repr, layers))} gives every kept set the same value "
-        "on the calibration data (dead or saturated channels): its channels are ranked by "
-        "weight L1 norm instead",
-        stacklevel=5,
-    )
-    norms = ImportanceCriterion("l1").score(game.model, layers, game.example_input)
-    return torch.cat([norms.values[layer] for layer in layers]).double()
-
-
-class _ValueRange:
-    """A game that remembers the lowest and highest values it gave, and how many."""
-
-    def __init__(self, game) -> None:
-        self.game, self.n_players = game, game.n_players
-        self.low, self.high, self.count = math.inf, -math.inf, 0
-
-    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        values = self.game(masks)
-        if len(values):
-            self.low = min(self.low, float(values.min()))
-            self.high = max(self.high, float(values.max()))
-            self.count += len(values)
-        return values
 
 
 def _unsampled(control: QuadraticGame, k: int, confidence: float) -> CutEstimate:

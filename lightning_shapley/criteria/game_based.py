@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
 
 from lightning_shapley.criteria.base import Criterion
+from lightning_shapley.criteria.classic import ImportanceCriterion
 from lightning_shapley.estimators import (
     BanditShapley,
     CutPermutationShapley,
@@ -106,13 +108,21 @@ class ShapleyCriterion(Criterion):
 
     def _score(self, model, layers, inputs, targets, seed):
         scores, n_evals = {}, 0
+        shard = self._shard
         for names, game in self._games(model, layers, inputs, targets):
-            values, spent = self._values(game, seed)
+            seen = _ValueRange()
+            self._shard = lambda g, seen=seen: seen.watch(shard(g))
+            try:
+                values, spent = self._values(game, seed)
+            finally:
+                self._shard = shard
             if not torch.isfinite(values).all():
                 raise ValueError(
                     f"the game on {names} gave non-finite values: the model's outputs or loss "
                     "are NaN or infinite on the calibration data"
                 )
+            if seen.blind:
+                values = _weight_norms(game)
             n_evals += spent
             sizes = [g.n_channels for g in game.groups]
             scores.update(zip(names, values.split(sizes), strict=True))
@@ -123,6 +133,56 @@ class ShapleyCriterion(Criterion):
             f"{type(self).__name__}({type(self.estimator).__name__}, budget={self.budget}, "
             f"scope={self.scope!r})"
         )
+
+
+class _ValueRange:
+    """The lowest and highest values, and how many, that the games it watches gave."""
+
+    def __init__(self) -> None:
+        self.low, self.high, self.count = math.inf, -math.inf, 0
+
+    @property
+    def blind(self) -> bool:
+        """Whether at least two values were measured and all were the same."""
+        return self.count >= 2 and self.low == self.high
+
+    def watch(self, game) -> _Watched:
+        return _Watched(game, self)
+
+
+class _Watched:
+    """A game that reports every value it gives to a :class:`_ValueRange`; anything else is
+    the game's own."""
+
+    def __init__(self, game, seen: _ValueRange) -> None:
+        self._game, self._seen = game, seen
+
+    def __getattr__(self, name: str):
+        return getattr(self._game, name)
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        values, seen = self._game(masks), self._seen
+        if len(values):
+            seen.low = min(seen.low, float(values.min()))
+            seen.high = max(seen.high, float(values.max()))
+            seen.count += len(values)
+        return values
+
+
+def _weight_norms(game: ChannelGame) -> torch.Tensor:
+    """``[n]`` the weight L1 norms of the channels of a game that no coalition changes, with one
+    warning: on the calibration data any cut is as good as another, and a dead or saturated
+    layer (a gate stuck open, a residual branch scaled to zero) is no reason to stop a prune."""
+    layers = [group.layer for group in game.groups]
+    warnings.warn(
+        f"the channel game of {', '.join(map(repr, layers))} gives every kept set the same value "
+        "on the calibration data, so its channels are ranked by weight L1 norm instead: the "
+        "layer is dead or saturated there, or the game's value does not see it (a multi-label "
+        "or regression model needs metric='bce', 'mse' or 'auto')",
+        stacklevel=5,
+    )
+    norms = ImportanceCriterion("l1").score(game.model, layers, game.example_input)
+    return torch.cat([norms.values[layer] for layer in layers]).double()
 
 
 class AnconaShapley(ShapleyCriterion):

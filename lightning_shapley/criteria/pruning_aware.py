@@ -34,29 +34,12 @@ class _KeptSetSearch(ShapleyCriterion):
         most = game.n_players - len(sizes)
         k = most if self._cut is None else min(int(self._cut * game.n_players), most)
         result = self._search(self._shard(game), k, groups, seed, game)
-        _check_tells_apart(result, game)
         return order_scores(result.order, result.worth), result.n_evals
 
     def _search(
         self, game, k: int, groups: torch.Tensor, seed: int, channel_game: ChannelGame
     ) -> Elimination:
         raise NotImplementedError
-
-
-def _check_tells_apart(result: Elimination, game: ChannelGame) -> None:
-    """Raise ``ValueError`` if no removal changed the game's value at all: the search's order
-    would then be the players' index order, not a ranking."""
-    worth, values = result.worth[torch.isfinite(result.worth)], result.values
-    if len(result.order) == 0 or game.n_players < 2 or len(worth) < 2:
-        return
-    if bool((worth == worth[0]).all()) and bool((values == values[0]).all()):
-        layers = ", ".join(repr(g.layer) for g in game.groups)
-        raise ValueError(
-            f"the channel game of {layers} gives every kept set the same value, so it cannot "
-            "tell the channels apart: its value does not see them (a one-output or multi-label "
-            "model needs metric='mse', 'bce' or 'auto'), or the layer is dead; leave it out "
-            "with ignored_layers"
-        )
 
 
 class EliminationCriterion(_KeptSetSearch):

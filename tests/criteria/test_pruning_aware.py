@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_shapley.criteria import EliminationCriterion, IteratedShapleyCriterion
+from lightning_shapley.criteria import (
+    EliminationCriterion,
+    ImportanceCriterion,
+    IteratedShapleyCriterion,
+    ShapleyCriterion,
+)
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.lab.models import DigitsCNN
 from lightning_shapley.plan import make_plan
@@ -78,11 +83,14 @@ def test_cut_samplers_take_the_cut_from_the_plan(name, monkeypatch):
     assert criterion.estimator.cut != n // 2  # the configured estimator is left as it was
 
 
-def test_a_game_blind_to_the_channels_is_refused_not_ranked_by_index():
+def test_a_game_blind_to_the_channels_falls_back_to_weight_norms_not_index_order():
     model, x, y = model_and_data()
-    blind = EliminationCriterion(metric=lambda logits, targets: logits.new_zeros(()))
-    with pytest.raises(ValueError, match=r"game of '3' gives every kept set the same value"):
-        blind.score(model, ["3"], (x, y), cut=0.5)
+    constant = lambda logits, targets: logits.new_zeros(())  # noqa: E731
+    norms = ImportanceCriterion("l1").score(model, ["3"], x).values["3"]
+    for blind in (EliminationCriterion(metric=constant), ShapleyCriterion(metric=constant)):
+        with pytest.warns(UserWarning, match=r"game of '3' gives every kept set the same value"):
+            scores = blind.score(model, ["3"], (x, y), cut=0.5)
+        assert torch.equal(torch.argsort(scores.values["3"]), torch.argsort(norms.double()))
     with torch.no_grad():  # dead channels cost nothing, but the live ones still differ
         model[3].weight[:3] = 0
         model[3].bias[:3] = 0
