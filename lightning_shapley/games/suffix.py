@@ -4,7 +4,10 @@ The model is traced with ``torch.fx``. Nodes that depend on a masked consumer in
 *suffix*; everything else (the *prefix*) does not depend on the coalition and is computed once
 per calibration batch. The suffix is then run on ``m`` coalitions at once (batch ``m · B``), and
 a consumer whose input lies in the prefix is replaced by its factorized form (see
-:func:`~lightning_shapley.games.masking.factorize`) when memory allows.
+:func:`~lightning_shapley.games.masking.factorize`) when memory allows. On a CPU, the suffix's
+plain 2-D convolutions run on channels-last copies of their weights, so that their outputs, and
+the suffix after them, are channels-last: oneDNN's convolutions are several times faster there
+(a depthwise one most of all: a 32×32 mobilenet_v3_small runs 4× faster, a resnet18 2×).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class SuffixProgram:
         self._batched = batched
         self._modules = dict(model.named_modules())
         self._last_use = _last_uses(self._suffix)
+        self._channels_last = _channels_last_weights(self._suffix, self._modules)
         self.skip: set[fx.Node] = set()  # consumers measured faster as their own layer
 
     def run_prefix(self, inputs: torch.Tensor) -> PrefixCache:
@@ -163,7 +167,7 @@ class SuffixProgram:
                     masked = mask.apply(x, masks).flatten(0, 1)
                     args = (masked, *fx.node.map_arg(node.args[1:], value))
                     kwargs = fx.node.map_arg(node.kwargs, value)
-                    env[node] = self._modules[node.target](*args, **kwargs)
+                    env[node] = self._call_module(node, args, kwargs)
             else:
                 env[node] = self._execute(node, value, None)
             if track:
@@ -191,8 +195,45 @@ class SuffixProgram:
             obj, *rest = args
             return getattr(obj, node.target)(*rest, **kwargs)
         if node.op == "call_module":
-            return self._modules[node.target](*args, **kwargs)
+            return self._call_module(node, args, kwargs)
         raise RuntimeError(f"unexpected fx node {node.op}")  # pragma: no cover
+
+    def _call_module(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        module = self._modules[node.target]
+        weight = self._channels_last.get(node)
+        if weight is None or kwargs or len(args) != 1 or torch.is_grad_enabled():
+            return module(*args, **kwargs)
+        return module._conv_forward(_channels_last(args[0]), weight, module.bias)
+
+
+def _channels_last_weights(
+    suffix: list[fx.Node], modules: dict[str, nn.Module]
+) -> dict[fx.Node, torch.Tensor]:
+    """Channels-last copies of the weights of the plain CPU ``Conv2d`` modules in ``suffix``
+    (not a subclass with its own ``forward``, no hooks), by node."""
+    weights = {}
+    for node in suffix:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if (
+            module is not None
+            and type(module).forward is nn.Conv2d.forward
+            and module.weight.device.type == "cpu"
+            and not module._forward_hooks
+            and not module._forward_pre_hooks
+        ):
+            weights[node] = _channels_last(module.weight.detach())
+    return weights
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[N, C, H, W]`` with channels-last strides: oneDNN reads a tensor's layout from its
+    strides, and a tensor with a dimension of size 1 (a 1×1 feature map, a depthwise kernel) can
+    be both contiguous and channels-last, so that ``x.contiguous(memory_format=...)`` keeps the
+    strides it has."""
+    _, c, h, w = x.shape
+    if x.stride() == (c * h * w, 1, w * c, c):
+        return x
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 
 def _nbytes(value: Any) -> int:
