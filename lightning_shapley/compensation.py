@@ -10,7 +10,7 @@ Two ways, both computed on the calibration inputs before the channels go:
   part of the constant, so there the folded model differs slightly.
 * *Regression folding* (``"regression"``): a removed channel replaced by its least-squares
   prediction from the kept channels of its group (the ``regression`` ablation of the game, see
-  :class:`~lightning_shapley.games.masking.LinearImputation`) reaches each consumer as a linear
+  :class:`~lightning_shapley.statistics.LinearImputation`) reaches each consumer as a linear
   function of kept inputs plus a constant, which fold exactly into the consumer's kept weights
   and its bias (up to padded borders, as for the mean).
 * *Least-squares refit* (``"least_squares"``, as in ThiNet and FLAP's compensation): every
@@ -27,11 +27,7 @@ import warnings
 import torch
 from torch import nn
 
-from lightning_shapley.games.masking import (
-    consumer_input_means,
-    linear_imputations,
-    pruned_normalisations,
-)
+from lightning_shapley.games.masking import pruned_normalisations
 from lightning_shapley.modes import evaluating
 from lightning_shapley.options import COMPENSATIONS as CHOICES
 from lightning_shapley.options import check_choice
@@ -43,6 +39,7 @@ from lightning_shapley.refit import (
     refit_parameters,
     refittable,
 )
+from lightning_shapley.statistics import consumer_input_means, linear_imputations
 
 __all__ = [
     "COMPENSATIONS",

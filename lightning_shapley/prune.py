@@ -16,9 +16,8 @@ from lightning_shapley.compensation import (
 )
 from lightning_shapley.plan import PruningPlan
 from lightning_shapley.pruning import (
+    ChannelGraph,
     apply_plan,
-    build_dependency_graph,
-    channel_group,
     check_not_compiled,
     count_params_and_macs,
 )
@@ -104,10 +103,10 @@ def prune(
     inputs, _ = as_calibration_tensors(data)
     example = inputs[:1].to(next(model.parameters()).device)
     params_before, macs_before = _sizes(model, example, count_macs)
-    graph = build_dependency_graph(model, example)
+    graph = ChannelGraph(model, example)
     bias_updates = weight_updates = None
     if compensation != "none":
-        groups = [channel_group(model, layer, example, graph=graph) for layer in plan.removed]
+        groups = [graph.group(layer) for layer in plan.removed]
         batches = list(inputs.to(example.device).split(256))
         removed = list(plan.removed.values())
         if compensation == "mean":

@@ -24,6 +24,7 @@ from lightning_shapley.names import check_names, valid_names
 
 __all__ = [
     "IMPORTANCES",
+    "ChannelGraph",
     "ChannelGroup",
     "Consumer",
     "Snapshot",
@@ -34,7 +35,6 @@ __all__ = [
     "check_distinct_groups",
     "check_not_compiled",
     "count_params_and_macs",
-    "group_importance",
     "importance_needs_gradients",
     "is_importance",
     "merged_consumers",
@@ -186,7 +186,7 @@ def _refuse_untraceable(model: nn.Module) -> None:
             )
 
 
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+def _dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``, traced on ``example_input`` ``[1, ...]``.
 
     Raises:
@@ -227,133 +227,185 @@ def _dtype_hint(model: nn.Module, example_input: torch.Tensor) -> str:
     )
 
 
-def channel_group(
-    model: nn.Module,
-    layer: str | nn.Module,
-    example_input: torch.Tensor,
-    graph: tp.DependencyGraph | None = None,
-) -> ChannelGroup:
-    """Find the channels of ``layer`` and the consumer features that go with them.
-
-    Args:
-        model: The network.
-        layer: A convolution or linear layer, by qualified name or module.
-        example_input: ``[1, ...]`` an input the model accepts.
-        graph: A dependency graph already built for ``model`` (saves tracing it again).
+class ChannelGraph:
+    """Which channels of ``model`` go together: torch-pruning's dependency graph, traced on
+    ``example_input`` ``[1, ...]`` and traced again when a layer's shape has changed since (after
+    a prune). No torch-pruning object leaves it.
 
     Raises:
-        ValueError: If the layer is not in the model, is not a convolution or linear layer, or
-            its channels reach the model output without any consumer (a classifier head).
+        ValueError: If torch-pruning cannot trace the model, or is known not to finish on it.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
-        >>> group = channel_group(net, "0", torch.zeros(1, 1, 8, 8))
+        >>> graph = ChannelGraph(net, torch.zeros(1, 1, 8, 8))
+        >>> group = graph.group("0")
         >>> group.n_channels, [c.name for c in group.consumers]
         (4, ['3'])
+        >>> graph.importance("0", "l1").shape
+        torch.Size([4])
     """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        self.model, self.example_input = model, example_input
+        self._shapes = _parameter_shapes(model)
+        self._graph = _dependency_graph(model, example_input)
+
+    @property
+    def _dependencies(self) -> tp.DependencyGraph:
+        """torch-pruning's graph of the model as it is now."""
+        shapes = _parameter_shapes(self.model)
+        if shapes != self._shapes:
+            self._shapes, self._graph = shapes, _dependency_graph(self.model, self.example_input)
+        return self._graph
+
+    def group(self, layer: str | nn.Module) -> ChannelGroup:
+        """The channels of ``layer`` and the consumer features that go with them.
+
+        Raises:
+            ValueError: If the layer is not in the model, is not a convolution or linear layer,
+                or its channels reach the model output without any consumer (a classifier head).
+        """
+        model = self.model
+        name, module = _prunable_layer(model, layer)
+        graph = self._dependencies
+        if module not in graph.module2node:
+            raise UnprunableLayerError(
+                f"cannot prune layer {name!r}: the forward never calls it as a module (its weight "
+                "is used directly, as attention layers do), so torch-pruning cannot follow its "
+                f"channels; leave it out with ignored_layers=[{name!r}]"
+            )
+        pruner = graph.get_pruner_of_module(module)
+        n_raw = graph.get_out_channels(module)
+        with _preserved_state(model):
+            group = graph.get_pruning_group(
+                module, pruner.prune_out_channels, idxs=list(range(n_raw))
+            )
+
+        names = {m: n for n, m in model.named_modules()}
+        owners = {id(p): n for n, m in model.named_modules() for p in m.parameters(recurse=False)
+                  if isinstance(m, tp.ops.TORCH_CONV | nn.Linear | _NORMS)}  # fmt: skip
+        pruned, receiving, blocks, problems = [], {}, 1, []
+        for item in group.items:
+            target = item.dep.target.module
+            if isinstance(target, nn.Parameter):
+                if id(target) in owners:  # a layer's weight used without calling the layer
+                    problems.append(f"the weight of {owners[id(target)]!r}, used directly")
+                elif n_raw not in target.shape:
+                    problems.append(f"a parameter of shape {tuple(target.shape)}")
+                continue
+            if target not in names:  # torch-pruning's own nodes (add, cat, reshape, ...)
+                continue
+            out = graph.is_out_channel_pruning_fn(item.dep.handler)
+            problem = _unsupported(target)
+            if problem:
+                problems.append(f"{names[target]!r} ({type(target).__name__}{problem})")
+                continue
+            blocks = math.lcm(blocks, _blocks(graph, target, out))  # every grouping holds
+            if out:
+                pruned.append(names[target])
+            else:
+                receiving[names[target]] = (target, item.idxs, item.root_idxs)
+        if problems:
+            raise UnprunableLayerError(
+                f"cannot prune the channels of layer {name!r}: they also reach "
+                f"{'; '.join(dict.fromkeys(problems))}, where removing a channel is not what "
+                "masking it at the layers that read it does. Leave the group out with "
+                f"ignored_layers=[{name!r}]",
+                (name, *pruned),
+            )
+        if n_raw % blocks:
+            raise UnprunableLayerError(
+                f"cannot prune the channels of layer {name!r}: its {n_raw} channels do not split "
+                f"into the {blocks} equal blocks a grouped layer of the group needs; leave it out "
+                f"with ignored_layers=[{name!r}]"
+            )
+        tied = _tied_channels(graph, group, n_raw)
+        if tied and blocks > 1:
+            raise UnprunableLayerError(
+                f"cannot prune the channels of layer {name!r}: a depthwise convolution ties some "
+                f"of them together and a grouped layer splits them into {blocks} blocks; leave it "
+                f"out with ignored_layers=[{name!r}]",
+                (name, *pruned),
+            )
+        n_players = len(tied) if tied else n_raw // blocks
+        player_of = torch.arange(n_raw) % n_players
+        for player, channels in enumerate(tied):
+            player_of[list(channels)] = player
+
+        def site(site_name: str, target: nn.Module, idxs, root_idxs) -> Consumer:
+            return Consumer(
+                name=site_name,
+                feature_idx=torch.as_tensor(idxs, dtype=torch.long),
+                player_idx=player_of[torch.as_tensor(root_idxs, dtype=torch.long)],
+                channel_dim=-1 if isinstance(target, nn.Linear | nn.LayerNorm) else 1,
+                in_features=_in_features(target),
+            )
+
+        consumers = tuple(
+            site(consumer_name, target, idxs, root_idxs)
+            for consumer_name, (target, idxs, root_idxs) in receiving.items()
+            if consumer_name not in pruned
+        )
+        if not consumers:
+            raise ValueError(
+                f"layer {name!r} has no prunable output channels: they reach the model output "
+                "without passing through another layer (is it the classifier head?)"
+            )
+        norms = tuple(
+            site(names[item.dep.target.module], item.dep.target.module, item.idxs, item.root_idxs)
+            for item in group.items
+            if _mixes_channels(item.dep.target.module)
+            and graph.is_out_channel_pruning_fn(item.dep.handler)
+        )
+        return ChannelGroup(
+            layer=name,
+            n_channels=n_players,
+            pruned_layers=tuple(dict.fromkeys(pruned)),
+            consumers=consumers,
+            blocks=blocks,
+            norms=tuple({n.name: n for n in norms}.values()),
+            members=tied,
+        )
+
+    def importance(self, layer: str | nn.Module, kind: str | object) -> torch.Tensor:
+        """torch-pruning's importance of each channel of ``layer``'s group, ``[n_channels]``.
+
+        Args:
+            kind: ``"l1"``/``"l2"`` (weight magnitude), ``"bn_scale"`` (|γ| of the batch norms),
+                ``"taylor"`` (|w · ∂L/∂w|; the gradients must already be in ``.grad``) or
+                ``"random"``, or a torch-pruning importance object. Scores are averaged over
+                the group's layers, not normalised.
+        """
+        return _importance(self, layer, kind)
+
+
+def channel_group(
+    model: nn.Module, layer: str | nn.Module, example_input: torch.Tensor
+) -> ChannelGroup:
+    """The :class:`ChannelGroup` of ``layer`` (see :meth:`ChannelGraph.group`); name several
+    layers of one model through one :class:`ChannelGraph` instead, which traces it once.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+        >>> channel_group(net, "0", torch.zeros(1, 1, 8, 8)).n_channels
+        4
+    """
+    _prunable_layer(model, layer)  # the cheap refusals first
+    return ChannelGraph(model, example_input).group(layer)
+
+
+def _prunable_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     name, module = resolve_layer(model, layer)
     if not isinstance(module, tp.ops.TORCH_CONV | nn.Linear):
         raise ValueError(
             f"layer {name!r} ({type(module).__name__}) has no prunable output channels; choose a "
             f"convolution or linear layer: {', '.join(_weighted_layer_names(model))}"
         )
-    graph = graph or build_dependency_graph(model, example_input)
-    if module not in graph.module2node:
-        raise UnprunableLayerError(
-            f"cannot prune layer {name!r}: the forward never calls it as a module (its weight "
-            "is used directly, as attention layers do), so torch-pruning cannot follow its "
-            f"channels; leave it out with ignored_layers=[{name!r}]"
-        )
-    pruner = graph.get_pruner_of_module(module)
-    n_raw = graph.get_out_channels(module)
-    with _preserved_state(model):
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs=list(range(n_raw)))
+    return name, module
 
-    names = {m: n for n, m in model.named_modules()}
-    owners = {id(p): n for n, m in model.named_modules() for p in m.parameters(recurse=False)
-              if isinstance(m, tp.ops.TORCH_CONV | nn.Linear | _NORMS)}  # fmt: skip
-    pruned, receiving, blocks, problems = [], {}, 1, []
-    for item in group.items:
-        target = item.dep.target.module
-        if isinstance(target, nn.Parameter):
-            if id(target) in owners:  # a layer's weight used without calling the layer
-                problems.append(f"the weight of {owners[id(target)]!r}, used directly")
-            elif n_raw not in target.shape:
-                problems.append(f"a parameter of shape {tuple(target.shape)}")
-            continue
-        if target not in names:  # torch-pruning's own nodes (add, cat, reshape, ...)
-            continue
-        out = graph.is_out_channel_pruning_fn(item.dep.handler)
-        problem = _unsupported(target)
-        if problem:
-            problems.append(f"{names[target]!r} ({type(target).__name__}{problem})")
-            continue
-        blocks = math.lcm(blocks, _blocks(graph, target, out))  # every grouping holds
-        if out:
-            pruned.append(names[target])
-        else:
-            receiving[names[target]] = (target, item.idxs, item.root_idxs)
-    if problems:
-        raise UnprunableLayerError(
-            f"cannot prune the channels of layer {name!r}: they also reach "
-            f"{'; '.join(dict.fromkeys(problems))}, where removing a channel is not what masking "
-            "it at the layers that read it does. Leave the group out with "
-            f"ignored_layers=[{name!r}]",
-            (name, *pruned),
-        )
-    if n_raw % blocks:
-        raise UnprunableLayerError(
-            f"cannot prune the channels of layer {name!r}: its {n_raw} channels do not split "
-            f"into the {blocks} equal blocks a grouped layer of the group needs; leave it out "
-            f"with ignored_layers=[{name!r}]"
-        )
-    tied = _tied_channels(graph, group, n_raw)
-    if tied and blocks > 1:
-        raise UnprunableLayerError(
-            f"cannot prune the channels of layer {name!r}: a depthwise convolution ties some of "
-            f"them together and a grouped layer splits them into {blocks} blocks; leave it out "
-            f"with ignored_layers=[{name!r}]",
-            (name, *pruned),
-        )
-    n_players = len(tied) if tied else n_raw // blocks
-    player_of = torch.arange(n_raw) % n_players
-    for player, channels in enumerate(tied):
-        player_of[list(channels)] = player
 
-    def site(site_name: str, target: nn.Module, idxs, root_idxs) -> Consumer:
-        return Consumer(
-            name=site_name,
-            feature_idx=torch.as_tensor(idxs, dtype=torch.long),
-            player_idx=player_of[torch.as_tensor(root_idxs, dtype=torch.long)],
-            channel_dim=-1 if isinstance(target, nn.Linear | nn.LayerNorm) else 1,
-            in_features=_in_features(target),
-        )
-
-    consumers = tuple(
-        site(consumer_name, target, idxs, root_idxs)
-        for consumer_name, (target, idxs, root_idxs) in receiving.items()
-        if consumer_name not in pruned
-    )
-    if not consumers:
-        raise ValueError(
-            f"layer {name!r} has no prunable output channels: they reach the model output without "
-            "passing through another layer (is it the classifier head?)"
-        )
-    norms = tuple(
-        site(names[item.dep.target.module], item.dep.target.module, item.idxs, item.root_idxs)
-        for item in group.items
-        if _mixes_channels(item.dep.target.module)
-        and graph.is_out_channel_pruning_fn(item.dep.handler)
-    )
-    return ChannelGroup(
-        layer=name,
-        n_channels=n_players,
-        pruned_layers=tuple(dict.fromkeys(pruned)),
-        consumers=consumers,
-        blocks=blocks,
-        norms=tuple({n.name: n for n in norms}.values()),
-        members=tied,
-    )
+def _parameter_shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:
+    return [(name, p.shape) for name, p in model.named_parameters()]
 
 
 def _tied_channels(graph: tp.DependencyGraph, group, n_raw: int) -> tuple[tuple[int, ...], ...]:
@@ -502,24 +554,24 @@ def prunable_layer_names(
 
     Raises:
         ValueError: If an ``ignored`` name is not a module of the model (the message lists
-            the valid names, the closest first), or as :func:`build_dependency_graph`.
+            the valid names, the closest first), or as :class:`ChannelGraph`.
     """
     ignored = (ignored,) if isinstance(ignored, str) else tuple(ignored)
     check_names(
         ignored, [n for n, _ in model.named_modules()], "ignored", _weighted_layer_names(model)
     )
-    graph = build_dependency_graph(model, example_input)
+    graph = ChannelGraph(model, example_input)
     names, seen, unprunable = [], set(), {}
     for name, module in model.named_modules():
         if (
             not isinstance(module, tp.ops.TORCH_CONV | nn.Linear)
             or name in seen
-            or module not in graph.module2node  # never called: part of another module
+            or module not in graph._dependencies.module2node  # never called: part of another
         ):
             continue
         error = None
         try:
-            layers = channel_group(model, name, example_input, graph=graph).pruned_layers
+            layers = graph.group(name).pruned_layers
         except UnprunableLayerError as unprunable_error:
             error, layers = unprunable_error, unprunable_error.layers
         except ValueError:
@@ -551,37 +603,26 @@ def importance_needs_gradients(importance: object) -> bool:
     return isinstance(importance, tp.importance.TaylorImportance | tp.importance.HessianImportance)
 
 
-def group_importance(
-    model: nn.Module,
-    layer: str | nn.Module,
-    kind: str | object,
-    example_input: torch.Tensor,
-    graph: tp.DependencyGraph | None = None,
-) -> torch.Tensor:
-    """torch-pruning's importance of each channel of ``layer``'s group, ``[n_channels]``.
+_IMPORTANCES = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2, normalizer=None),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(normalizer=None),
+    "taylor": lambda: tp.importance.TaylorImportance(normalizer=None),
+    "random": lambda: tp.importance.RandomImportance(),
+}
 
-    Args:
-        kind: ``"l1"``/``"l2"`` (weight magnitude), ``"bn_scale"`` (|γ| of the batch norms),
-            ``"taylor"`` (|w · ∂L/∂w|; the gradients must already be in ``.grad``) or
-            ``"random"``, or a torch-pruning importance object. Scores are averaged over the
-            group's layers, not normalised.
-    """
-    importances = {
-        "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None),
-        "l2": lambda: tp.importance.MagnitudeImportance(p=2, normalizer=None),
-        "bn_scale": lambda: tp.importance.BNScaleImportance(normalizer=None),
-        "taylor": lambda: tp.importance.TaylorImportance(normalizer=None),
-        "random": lambda: tp.importance.RandomImportance(),
-    }
-    if not is_importance(kind) and kind not in importances:
+
+def _importance(graph: ChannelGraph, layer: str | nn.Module, kind: str | object) -> torch.Tensor:
+    if not is_importance(kind) and kind not in _IMPORTANCES:
         raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
-    name, module = resolve_layer(model, layer)
-    graph = graph or build_dependency_graph(model, example_input)
-    players = channel_group(model, name, example_input, graph=graph)
-    group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
-    scores = kind(group) if is_importance(kind) else importances[kind]()(group)
+    players = graph.group(layer)
+    dependencies, module = graph._dependencies, graph.model.get_submodule(players.layer)
+    group = _pruning_group(dependencies, module, list(range(dependencies.get_out_channels(module))))
+    scores = kind(group) if is_importance(kind) else _IMPORTANCES[kind]()(group)
     if scores is None:
-        raise ValueError(f"the group of layer {name!r} has no layer that {kind!r} can score")
+        raise ValueError(
+            f"the group of layer {players.layer!r} has no layer that {kind!r} can score"
+        )
     # a player's score is the mean over its channels, as torch-pruning's over channel groups
     scores = scores.detach().float().cpu()
     if players.members:
@@ -717,8 +758,8 @@ def _flush(model: nn.Module, removed: dict[str, list[int]], example_input: torch
 def _remove(
     model: nn.Module, removed: dict[str, list[int]], example_input: torch.Tensor
 ) -> list[dict]:
-    graph = build_dependency_graph(model, example_input)
-    groups = {layer: channel_group(model, layer, example_input, graph=graph) for layer in removed}
+    graph = ChannelGraph(model, example_input)
+    groups = {layer: graph.group(layer) for layer in removed}
     check_distinct_groups(list(groups.values()))
     plans = []
     for layer, channels in removed.items():
@@ -735,11 +776,12 @@ def _remove(
             )
         plans.append((layer, channels))
     history = []
+    dependencies = graph._dependencies  # one graph for every removal: it follows them itself
     with _preserved_state(model):
         for layer, channels in plans:
             if channels:
                 raw = groups[layer].channels(channels)
-                _pruning_group(graph, model.get_submodule(layer), raw).prune()
+                _pruning_group(dependencies, model.get_submodule(layer), raw).prune()
                 history.append({"op": "prune", "layer": layer, "channels": channels})
     return history
 

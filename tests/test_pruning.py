@@ -8,16 +8,16 @@ import torch
 import torchvision
 from torch import nn
 
-from lightning_shapley import ChannelGame
+from lightning_shapley import ChannelGame, pruning
 from lightning_shapley.criteria import EliminationCriterion
 from lightning_shapley.lab.models import CifarResNet, LeNet5
 from lightning_shapley.plan import make_plan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import (
+    ChannelGraph,
     UnprunableLayerError,
     channel_costs,
     channel_group,
-    group_importance,
     prunable_layer_names,
     resolve_layer,
 )
@@ -35,6 +35,22 @@ def test_group_of_a_residual_stream_holds_every_coupled_layer():
     for consumer in group.consumers:
         assert torch.equal(consumer.feature_idx, torch.arange(64))
         assert torch.equal(consumer.player_idx, torch.arange(64))
+
+
+def test_a_channel_graph_traces_once_and_again_after_a_prune(monkeypatch):
+    model = randomize_batchnorm(CifarResNet(8, width=4))
+    x = torch.randn(4, 3, 16, 16)
+    traces = []
+    trace = pruning._dependency_graph
+    monkeypatch.setattr(pruning, "_dependency_graph", lambda *a: traces.append(1) or trace(*a))
+    graph = ChannelGraph(model, x[:1])
+    before = [graph.group(layer).n_channels for layer in ("conv1", "layer2.0.conv1")]
+    assert graph.importance("layer2.0.conv1", "l1").shape == (before[1],)
+    assert len(traces) == 1  # every question about the unchanged model: one trace
+    prune(model, make_plan({"layer2.0.conv1": torch.arange(before[1]).float()}, 0.5), x)
+    traces.clear()
+    assert graph.group("layer2.0.conv1").n_channels == before[1] - before[1] // 2
+    assert graph.group("conv1").n_channels == before[0] and len(traces) == 1
 
 
 def test_concat_branch_and_flatten_linear_indices():
@@ -213,7 +229,7 @@ def test_channels_tied_by_a_depthwise_conv_are_one_player():
     x = torch.randn(4, 3, 8, 8)
     group = channel_group(model, "stem.0", x[:1])
     assert group.n_channels == 4 and group.members == ((0, 4), (1, 5), (2, 6), (3, 7))
-    assert group_importance(model, "stem.0", "l1", x[:1]).shape == (4,)
+    assert ChannelGraph(model, x[:1]).importance("stem.0", "l1").shape == (4,)
     game = ChannelGame(model, "stem.0", (x, torch.zeros(4, dtype=torch.long)),
                        metric=lambda logits, t: logits.sum())  # fmt: skip
     mask = torch.tensor([[True, False, True, False]])

@@ -16,9 +16,7 @@ from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.hooks import watch_inputs
 from lightning_shapley.metrics import first_logits
 from lightning_shapley.pruning import (
-    build_dependency_graph,
-    channel_group,
-    group_importance,
+    ChannelGraph,
     importance_needs_gradients,
     is_importance,
 )
@@ -33,8 +31,8 @@ class RandomCriterion(Criterion):
 
     def _score(self, model, layers, inputs, targets, seed):
         generator = torch.Generator().manual_seed(seed)
-        graph = build_dependency_graph(model, inputs[:1])
-        groups = {layer: channel_group(model, layer, inputs[:1], graph=graph) for layer in layers}
+        graph = ChannelGraph(model, inputs[:1])
+        groups = {layer: graph.group(layer) for layer in layers}
         return {
             layer: torch.rand(g.n_channels, generator=generator) for layer, g in groups.items()
         }, 0
@@ -72,11 +70,8 @@ class ImportanceCriterion(Criterion):
                 for x, y in zip(inputs.split(256), targets.split(256), strict=True):
                     loss = F.cross_entropy(first_logits(model(x)), y) * len(x) / len(inputs)
                     loss.backward()
-        graph = build_dependency_graph(model, inputs[:1])
-        return {
-            layer: group_importance(model, layer, self.kind, inputs[:1], graph=graph)
-            for layer in layers
-        }, 0
+        graph = ChannelGraph(model, inputs[:1])
+        return {layer: graph.importance(layer, self.kind) for layer in layers}, 0
 
     def __repr__(self) -> str:
         return f"ImportanceCriterion({self.kind!r})"
@@ -98,8 +93,8 @@ class ActivationCriterion(Criterion):
         self.name = "apoz" if kind == "apoz" else "activation_mean"
 
     def _score(self, model, layers, inputs, targets, seed):
-        graph = build_dependency_graph(model, inputs[:1])
-        groups = {layer: channel_group(model, layer, inputs[:1], graph=graph) for layer in layers}
+        graph = ChannelGraph(model, inputs[:1])
+        groups = {layer: graph.group(layer) for layer in layers}
         stats: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         names = {model.get_submodule(c.name): c for g in groups.values() for c in g.consumers}

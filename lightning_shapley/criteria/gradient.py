@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_shapley.criteria.base import Criterion
-from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
+from lightning_shapley.games.masking import ConsumerMask
 from lightning_shapley.metrics import first_logits
-from lightning_shapley.pruning import build_dependency_graph, channel_group, merged_consumers
+from lightning_shapley.pruning import ChannelGraph, merged_consumers
+from lightning_shapley.statistics import consumer_input_means
 
 __all__ = ["GradientCriterion"]
 
@@ -132,10 +133,10 @@ class GradientCriterion(Criterion):
         if targets is None and self.value is None:
             raise ValueError("the −cross-entropy value needs labelled calibration data")
         model.eval()
-        graph = build_dependency_graph(model, inputs[:1])
+        graph = ChannelGraph(model, inputs[:1])
         scores, n_evals = {}, 0
         for layer in layers:
-            group = channel_group(model, layer, inputs[:1], graph=graph)
+            group = graph.group(layer)
             consumers = merged_consumers([group])
             means = (
                 consumer_input_means(model, consumers, list(inputs.split(self.batch_size)))

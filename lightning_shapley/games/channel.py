@@ -15,8 +15,6 @@ from lightning_shapley.games.masking import (
     ConsumerMask,
     ConsumerRefit,
     NormMask,
-    consumer_input_means,
-    linear_imputations,
     norm_masks,
 )
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
@@ -25,13 +23,14 @@ from lightning_shapley.metrics import MetricLike, first_logits, reference_logits
 from lightning_shapley.modes import evaluating
 from lightning_shapley.options import ABLATIONS, check_choice
 from lightning_shapley.pruning import (
+    ChannelGraph,
     ChannelGroup,
-    build_dependency_graph,
     channel_group,
     check_distinct_groups,
     merged_consumers,
 )
 from lightning_shapley.refit import input_grams, refittable
+from lightning_shapley.statistics import consumer_input_means, linear_imputations
 
 __all__ = ["ABLATIONS", "STRATEGIES", "ChannelGame"]
 
@@ -69,7 +68,7 @@ class ChannelGame:
             then be inputs alone).
         ablation: ``"zero"``, ``"mean"`` (the channel's mean over the calibration set) or
             ``"regression"`` (its least-squares prediction from the kept channels, see
-            :class:`~lightning_shapley.games.masking.LinearImputation`), or ``"refit"`` (no
+            :class:`~lightning_shapley.statistics.LinearImputation`), or ``"refit"`` (no
             stand-in: each consumer is refit by least squares to its full output on the kept
             channels, which is what pruning with ``compensation="least_squares"`` gives; see
             :mod:`~lightning_shapley.refit`).
@@ -441,8 +440,11 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def _groups(model: nn.Module, layers: list, example: torch.Tensor) -> list[ChannelGroup]:
-    graph = build_dependency_graph(model, example) if len(layers) > 1 else None
-    groups = [channel_group(model, layer, example, graph=graph) for layer in layers]
+    if len(layers) == 1:
+        groups = [channel_group(model, layers[0], example)]
+    else:
+        graph = ChannelGraph(model, example)
+        groups = [graph.group(layer) for layer in layers]
     check_distinct_groups(groups)
     return groups
 

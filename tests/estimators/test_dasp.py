@@ -19,9 +19,10 @@ from lightning_shapley.estimators.dasp import (
 )
 from lightning_shapley.estimators.exact import ExactShapley
 from lightning_shapley.games import ChannelGame
-from lightning_shapley.games.masking import ConsumerMask, consumer_input_means
+from lightning_shapley.games.masking import ConsumerMask
 from lightning_shapley.lab.datasets import load_digits
 from lightning_shapley.lab.models import DigitsCNN
+from lightning_shapley.statistics import consumer_input_means
 from tests.conftest import randomize_batchnorm
 
 

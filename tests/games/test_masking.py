@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_shapley import ChannelGame
-from lightning_shapley.games.masking import LinearImputation, NormMask
+from lightning_shapley.games.masking import NormMask
 from lightning_shapley.plan import PruningPlan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import Consumer
@@ -30,47 +30,6 @@ def degenerate_net() -> nn.Sequential:
         w[7], b[7] = 2 * w[6], 2 * b[6].abs()
         b[6] = b[6].abs()
     return net.eval()
-
-
-def reference_fill(x: torch.Tensor, kept: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """``μ_R + Σ_RK (Σ_KK + λI)⁻¹ (x_K − μ_K)`` straight from the formula, rows ``[S, p]``."""
-    x = x.double()
-    mean = x.mean(0)
-    centred = x - mean
-    sigma = centred.T @ centred / len(x)
-    lam = ridge * sigma.diagonal().mean()
-    k, r = kept, ~kept
-    inverse = torch.linalg.pinv(sigma[k][:, k] + lam * torch.eye(int(k.sum()), dtype=x.dtype))
-    filled = x.clone()
-    filled[:, r] = mean[r] + centred[:, k] @ inverse @ sigma[k][:, r]
-    return filled
-
-
-@pytest.mark.parametrize("samples", [3, 40])  # fewer rows than channels, and more
-def test_imputation_matches_the_formula_on_degenerate_channels(samples):
-    torch.manual_seed(1)
-    base = torch.randn(samples, 4)
-    x = torch.cat(
-        [
-            base,
-            base[:, :1],
-            torch.zeros(samples, 2),
-            torch.full((samples, 1), 0.5),
-            2 * base[:, 1:2],
-        ],
-        dim=1,
-    )  # duplicate, dead, constant, scaled copy
-    p = x.shape[1]
-    centred = (x - x.mean(0)).double()
-    imputation = LinearImputation.from_samples(
-        torch.arange(p).view(p, 1), torch.arange(p), x.mean(0).view(p, 1),
-        centred.T @ centred, samples, centred if samples <= p else None,
-    )  # fmt: skip
-    assert imputation.rank <= min(samples, 4)
-    kept = torch.tensor([True, False, True, False, False, True, True, True, False])
-    filled = imputation.fill(x.view(1, samples, p, 1), kept.unsqueeze(0))[0, :, :, 0]
-    torch.testing.assert_close(filled.double(), reference_fill(x, kept), rtol=1e-4, atol=1e-5)
-    assert torch.allclose(filled[:, 4], x[:, 0], atol=1e-2)  # the copy is predicted back
 
 
 def test_default_game_and_refit_survive_dead_and_duplicated_channels():
