@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_shapley.pruning import replay
+from lightning_shapley.pruning import Snapshot, replay
 
 __all__ = ["load_pruned", "save_pruned"]
 
@@ -36,15 +36,18 @@ def load_pruned(model: nn.Module, path: str | Path, example_input: torch.Tensor)
         The pruning history.
 
     Raises:
-        ValueError: If the file is not a pruned-model file or does not fit the model.
+        ValueError: If the file is not a pruned-model file or does not fit the model; the
+            model is then left as it was.
     """
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{path} is not a lightning-shapley pruned model ({FORMAT})")
+    snapshot = Snapshot(model)
     replay(model, saved["history"], example_input)
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as error:
+        snapshot.restore()
         raise ValueError(
             f"the weights in {path} do not fit the model after replaying its pruning history: "
             f"is it built with the original architecture? ({error})"

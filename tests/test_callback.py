@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_shapley import ShapleyPruningCallback
-from lightning_shapley.criteria import Criterion
+from lightning_shapley.criteria import Criterion, ImportanceCriterion
 from tests.lightning_modules import DigitsModule, digits_loaders, trainer
 
 
@@ -187,12 +187,31 @@ def test_layer_by_layer_failure_rolls_back_the_layers_already_pruned(tmp_path):
     assert callback.history == []
 
 
-def test_one_shot_schedule_scores_all_layers_on_the_unpruned_model(tmp_path):
+@pytest.mark.parametrize("schedule", ["one_shot", "layer_by_layer"])
+def test_one_shot_scores_all_layers_on_the_unpruned_model_and_layer_by_layer_one_at_a_time(
+    tmp_path, monkeypatch, schedule
+):
+    seen = []  # (layers scored, channels of the first two layers then) per call
+    score = ImportanceCriterion.score
+
+    def spy(self, model, layers, data, **options):
+        seen.append((list(layers), model.net[0].out_channels, model.net[3].out_channels))
+        return score(self, model, layers, data, **options)
+
+    monkeypatch.setattr(ImportanceCriterion, "score", spy)
     module = DigitsModule()
     train, val = digits_loaders()
-    callback = ShapleyPruningCallback(0.5, schedule="one_shot", criterion="l1")
+    callback = ShapleyPruningCallback(0.5, schedule=schedule, criterion="l1")
     trainer(tmp_path, [callback], max_epochs=1).fit(module, train, val)
     assert [module.net[i].out_channels for i in (0, 3, 7)] == [4, 4, 8]
+    if schedule == "one_shot":
+        assert seen == [(["net.0", "net.3", "net.7", "net.12"], 8, 8)]
+    else:
+        steps = [(["net.0"], 8, 8), (["net.3"], 4, 8), (["net.7"], 4, 4), (["net.12"], 4, 4)]
+        assert seen == steps
+
+
+def test_an_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="schedule='sometimes' is invalid"):
         ShapleyPruningCallback(schedule="sometimes")
 

@@ -8,7 +8,6 @@ import torchvision
 from torch import nn
 
 from lightning_shapley import ChannelGame
-from lightning_shapley.games.suffix import SuffixProgram
 from lightning_shapley.lab.models import CifarResNet, DigitsCNN, cifar_vgg
 from tests.conftest import BranchyNet, ConcatNet, randomize_batchnorm
 
@@ -57,44 +56,6 @@ def test_cached_strategies_equal_one_forward_per_coalition(build, layers, shape,
         expected = one_by_one(model, layer, data, masks, ablation=ablation)
         for game in (auto, ChannelGame(model, layer, data, strategy="suffix", ablation=ablation)):
             torch.testing.assert_close(game(masks), expected, rtol=1e-4, atol=1e-5)
-
-
-class StandardizedConv2d(nn.Conv2d):
-    """A convolution whose ``forward`` changes its weight (as timm's ``StdConv2d`` does)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
-        return self._conv_forward(x, w, self.bias)
-
-
-def test_the_suffix_runs_plain_convolutions_channels_last_and_leaves_others_as_they_are():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), StandardizedConv2d(8, 8, 3, padding=1),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 6, 1),
-        nn.ReLU(),
-        nn.Conv2d(6, 6, 5, padding=2, groups=6), nn.Flatten(), nn.Linear(6, 3),
-    ).eval()  # fmt: skip
-    data = (torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))
-    game = ChannelGame(model, "0", data, strategy="suffix")
-    plain = {node.target for node in game._program._channels_last}
-    assert plain == {"3", "5", "7"}  # not the consumer, whose forward is its own
-    masks = masks_for(game.n_players)
-    torch.testing.assert_close(game(masks), one_by_one(model, "0", data, masks), rtol=1e-4,
-                               atol=1e-5)  # fmt: skip
-
-
-def test_first_consumer_is_factorized_when_it_fits():
-    model = sequential_cnn()
-    x = torch.randn(6, 1, 8, 8)
-    game = ChannelGame(model, "7", (x, torch.randint(0, 10, (6,))), strategy="suffix")
-    graph = torch.fx.symbolic_trace(model).graph
-    fits = SuffixProgram(model, graph, game._masks, game.n_players, factorize_budget=2**30)
-    assert fits.run_prefix(x).factorized  # last conv → linear head: a matrix product
-    too_small = SuffixProgram(model, graph, game._masks, game.n_players, factorize_budget=10)
-    assert not too_small.run_prefix(x).factorized
-    assert not game._caches[0].factorized  # strategy="suffix" never factorizes
 
 
 def test_removing_channels_changes_the_value_and_full_coalition_is_the_model():
