@@ -126,13 +126,37 @@ def mnist_lenet() -> tuple[nn.Module, torch.Tensor, torch.Tensor, tuple]:
 def random_model(build: Callable[[], nn.Module]) -> Callable:
     def make() -> tuple[nn.Module, torch.Tensor, torch.Tensor, None]:
         torch.manual_seed(0)
-        model = _randomized(build())
         x = torch.randn(SAMPLES, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        model = _calibrated(_randomized(build()), x)
         with torch.no_grad():
             y = model(x).argmax(1)
         return model, x, y, None
 
     return make
+
+
+def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A random model that behaves like a trained one on ``x``: batch-norm statistics from
+    ``x`` (activations neither vanish nor explode with depth) and a classifier scaled so the
+    logits vary across examples with unit spread. Without it, torchvision's fresh
+    mobilenet_v3_small gives logits that differ by 1e-9 between inputs, and the games of half
+    its layers are blind in float32."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: one pass sets the statistics of x
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    with torch.no_grad():
+        logits = model(x)
+        scale = 1 / max(float((logits - logits.mean(0)).std()), 1e-12)
+        head.weight.mul_(scale)
+        if head.bias is not None:
+            head.bias.mul_(scale)
+    return model
 
 
 MODELS = {
