@@ -46,7 +46,7 @@ CriterionName = Literal[
 ]  # fmt: skip
 """The criteria by name (:data:`lightning_shapley.criteria.CRITERIA`)."""
 EstimatorName = Literal["exact", "permutation", "loo", "dasp", "bandit", "tmab", "cut_permutation"]
-"""The Shapley estimators by name (:data:`lightning_shapley.criteria.game_based.ESTIMATORS`)."""
+"""The Shapley estimators by name (:data:`lightning_shapley.estimators.ESTIMATORS`)."""
 Scope = Literal["layer", "global"]
 """``"layer"``: every layer loses the ratio; ``"global"``: one ranking over all layers."""
 Schedule = Literal["layer_by_layer", "one_shot"]

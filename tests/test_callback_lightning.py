@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_shapley import ShapleyPruningCallback, load_pruned_checkpoint
 from lightning_shapley.calibration import draw_few_shot, split_per_class
 from lightning_shapley.compensation import COMPENSATIONS
-from lightning_shapley.criteria import CRITERIA, ESTIMATORS, EliminationCriterion
+from lightning_shapley.criteria import CRITERIA, EliminationCriterion
 from lightning_shapley.criteria.classic import ImportanceCriterion
+from lightning_shapley.estimators import ESTIMATORS
 from lightning_shapley.games.channel import ABLATIONS
 from lightning_shapley.metrics import BUILT_IN
 from tests.lightning_modules import (

@@ -12,12 +12,7 @@ from lightning_shapley.criteria.classic import (
     ImportanceCriterion,
     RandomCriterion,
 )
-from lightning_shapley.criteria.game_based import (
-    ESTIMATORS,
-    AnconaShapley,
-    ShapleyCriterion,
-    estimator_by_name,
-)
+from lightning_shapley.criteria.game_based import AnconaShapley, ShapleyCriterion
 from lightning_shapley.criteria.gradient import GradientCriterion
 from lightning_shapley.criteria.pruning_aware import (
     EliminationCriterion,
@@ -28,7 +23,6 @@ from lightning_shapley.metrics import MetricLike
 __all__ = [
     "CRITERIA",
     "DEFAULT_CRITERION",
-    "ESTIMATORS",
     "ActivationCriterion",
     "AnconaShapley",
     "BanditShapleyCriterion",
@@ -41,7 +35,6 @@ __all__ = [
     "RandomCriterion",
     "ShapleyCriterion",
     "criterion_by_name",
-    "estimator_by_name",
     "make_criterion",
     "stop_after",
 ]

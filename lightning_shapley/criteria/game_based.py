@@ -11,37 +11,16 @@ import torch
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.criteria.classic import ImportanceCriterion
 from lightning_shapley.estimators import (
-    BanditShapley,
-    CutPermutationShapley,
-    DASPShapley,
     Estimator,
-    ExactShapley,
     LeaveOneOut,
     PermutationShapley,
-    TMABShapley,
+    estimator_by_name,
 )
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.metrics import MetricLike, value_function
 from lightning_shapley.options import SCOPES, check_choice
 
-__all__ = ["ESTIMATORS", "AnconaShapley", "ShapleyCriterion", "estimator_by_name"]
-
-ESTIMATORS = {
-    "exact": ExactShapley,
-    "permutation": PermutationShapley,
-    "loo": LeaveOneOut,
-    "dasp": DASPShapley,
-    "bandit": BanditShapley,
-    "tmab": TMABShapley,
-    "cut_permutation": CutPermutationShapley,
-}
-
-
-def estimator_by_name(name: str) -> Estimator:
-    """A default-configured estimator by name (see ``ESTIMATORS``)."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"estimator={name!r} is unknown; use one of {tuple(ESTIMATORS)}")
-    return ESTIMATORS[name]()
+__all__ = ["AnconaShapley", "ShapleyCriterion"]
 
 
 class ShapleyCriterion(Criterion):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_shapley.criteria.game_based import ShapleyCriterion, estimator_by_name
-from lightning_shapley.estimators import Estimator
+from lightning_shapley.criteria.game_based import ShapleyCriterion
+from lightning_shapley.estimators import Estimator, estimator_by_name
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.metrics import MetricLike
 from lightning_shapley.pruning import channel_costs

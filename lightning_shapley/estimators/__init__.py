@@ -10,5 +10,32 @@ from lightning_shapley.estimators.leave_one_out import LeaveOneOut
 from lightning_shapley.estimators.permutation import PermutationShapley
 from lightning_shapley.estimators.tmab import TMABShapley
 
-__all__ = ["Estimator", "ExactShapley", "LeaveOneOut", "PermutationShapley", "ShapleyEstimate"]
+ESTIMATORS = {
+    "exact": ExactShapley,
+    "permutation": PermutationShapley,
+    "loo": LeaveOneOut,
+    "dasp": DASPShapley,
+    "bandit": BanditShapley,
+    "tmab": TMABShapley,
+    "cut_permutation": CutPermutationShapley,
+}
+"""Every estimator by the name criteria, recipes and the callback give it."""
+
+
+def estimator_by_name(name: str) -> Estimator:
+    """A default-configured estimator by name (see ``ESTIMATORS``)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator={name!r} is unknown; use one of {tuple(ESTIMATORS)}")
+    return ESTIMATORS[name]()
+
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "ExactShapley",
+    "LeaveOneOut",
+    "PermutationShapley",
+    "ShapleyEstimate",
+    "estimator_by_name",
+]
 __all__ += ["BanditShapley", "CutEstimate", "CutPermutationShapley", "DASPShapley", "TMABShapley"]

@@ -364,7 +364,7 @@ class MomentSuffix:
 
     def __init__(self, game: ChannelGame) -> None:
         groups = getattr(game, "groups", None)
-        if groups is None or not hasattr(game, "_batches"):
+        if groups is None or not hasattr(game, "batches"):
             raise TypeError("DASPShapley needs a ChannelGame (layer, consumers, calibration data)")
         if len(groups) != 1:
             raise ValueError(f"DASPShapley needs a one-layer game, got {len(groups)} layers")
@@ -469,7 +469,7 @@ class MomentSuffix:
 
         handle = self.module.register_forward_pre_hook(capture)
         try:
-            for x in self.game._batches:
+            for x in self.game.batches:
                 self.model(x)
         finally:
             handle.remove()

@@ -139,6 +139,11 @@ class ChannelGame:
         self._tuner = _ChunkTuner(chunk_size, max_chunk)
 
     @property
+    def batches(self) -> list[torch.Tensor]:
+        """The calibration inputs ``[B, ...]``, batch by batch, on the model's device."""
+        return self._batches
+
+    @property
     def example_input(self) -> torch.Tensor:
         """``[1, ...]`` one calibration input."""
         return self._batches[0][:1]

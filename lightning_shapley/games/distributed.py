@@ -47,6 +47,13 @@ class ShardedGame:
         self.n_players, self.evaluate, self.all_gather = n_players, evaluate, all_gather
         self.rank, self.world_size = rank, world_size
 
+    def __getattr__(self, name: str):
+        """Anything else is the wrapped game's (an analytic estimator such as DASP reads a
+        channel game's layers and calibration batches, the same on every rank)."""
+        if name == "evaluate":  # not set yet: no game to ask
+            raise AttributeError(name)
+        return getattr(self.evaluate, name)
+
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         """Values ``[m, ...]`` of ``masks`` ``[m, n]``, this rank evaluating every k-th one."""
         m, world = len(masks), self.world_size

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from lightning_shapley.criteria import CRITERIA, DEFAULT_CRITERION
-from lightning_shapley.criteria.game_based import ESTIMATORS
+from lightning_shapley.estimators import ESTIMATORS
 from lightning_shapley.options import ABLATIONS, COMPENSATIONS, COSTS, SCHEDULES, SCOPES
 
 __all__ = [

@@ -5,8 +5,11 @@ import threading
 import pytest
 import torch
 
+from lightning_shapley import ChannelGame
+from lightning_shapley.estimators import DASPShapley
 from lightning_shapley.games import PairwiseGame
 from lightning_shapley.games.distributed import ShardedGame
+from lightning_shapley.lab.models import DigitsCNN
 
 
 class CountingGame(PairwiseGame):
@@ -66,3 +69,14 @@ def test_ranks_split_the_coalitions_and_all_end_with_every_value_in_order(m, wor
 def test_inconsistent_ranks_are_refused():
     with pytest.raises(ValueError, match="rank=2 and world_size=2"):
         ShardedGame(2, PairwiseGame(torch.ones(2)), lambda t: t, rank=2, world_size=2)
+
+
+def test_an_analytic_estimator_reads_the_sharded_game_it_wraps():
+    torch.manual_seed(0)
+    model = DigitsCNN(width=4).eval()
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    game = ChannelGame(model, "12", (x, y))
+    sharded = ShardedGame(game.n_players, game, lambda t: t.unsqueeze(0), rank=0, world_size=1)
+    assert sharded.batches is game.batches and sharded.groups is game.groups
+    alone = DASPShapley().estimate(game, seed=0).values
+    torch.testing.assert_close(DASPShapley().estimate(sharded, seed=0).values, alone)
