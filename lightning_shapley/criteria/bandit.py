@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -162,9 +161,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         n = game.n_players
         if n == 1:
             return torch.zeros(1, dtype=torch.float64), 0
-        estimator = copy.copy(self.estimator)
-        k = int((self._cut if self._cut is not None else estimator.cut) * n)
-        estimator.cut = max(1, min(n - 1, k))
+        estimator = self.estimator.at_cut(self._cut or self.estimator.cut, n)
         budget = max(estimator.min_budget(n), round(self.evaluations_per_channel * n))
         control = game.surrogate(seed=seed) if self.surrogate else None
         shared = self._shard(game)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -11,6 +10,7 @@ import torch
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.criteria.classic import ImportanceCriterion
 from lightning_shapley.estimators import (
+    CutEstimator,
     Estimator,
     LeaveOneOut,
     PermutationShapley,
@@ -68,11 +68,8 @@ class ShapleyCriterion(Criterion):
 
     def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
         estimator = self.estimator
-        if hasattr(estimator, "cut") and game.n_players > 1:  # a sampler that works at a cut
-            share = self._cut or estimator.cut  # the plan's cut, else its own
-            k = share if isinstance(share, int) else int(share * game.n_players)
-            estimator = copy.copy(estimator)
-            estimator.cut = max(1, min(game.n_players - 1, k))
+        if isinstance(estimator, CutEstimator) and game.n_players > 1:
+            estimator = estimator.at_cut(self._cut or estimator.cut, game.n_players)
         budget = self.budget
         if budget is not None and budget < estimator.min_budget(game.n_players):
             budget = estimator.min_budget(game.n_players)

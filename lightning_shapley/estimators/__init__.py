@@ -2,7 +2,7 @@
 
 from lightning_shapley.estimators.bandit import BanditShapley
 from lightning_shapley.estimators.base import Estimator, ShapleyEstimate
-from lightning_shapley.estimators.cut import CutEstimate
+from lightning_shapley.estimators.cut import CutEstimate, CutEstimator
 from lightning_shapley.estimators.cut_permutation import CutPermutationShapley
 from lightning_shapley.estimators.dasp import DASPShapley
 from lightning_shapley.estimators.exact import ExactShapley
@@ -31,11 +31,16 @@ def estimator_by_name(name: str) -> Estimator:
 
 __all__ = [
     "ESTIMATORS",
+    "BanditShapley",
+    "CutEstimate",
+    "CutEstimator",
+    "CutPermutationShapley",
+    "DASPShapley",
     "Estimator",
     "ExactShapley",
     "LeaveOneOut",
     "PermutationShapley",
     "ShapleyEstimate",
+    "TMABShapley",
     "estimator_by_name",
 ]
-__all__ += ["BanditShapley", "CutEstimate", "CutPermutationShapley", "DASPShapley", "TMABShapley"]

@@ -12,11 +12,10 @@ from lightning_shapley.estimators._running import (
     RunningMoments,
     student_t_quantile,
 )
-from lightning_shapley.estimators.base import Estimator
 from lightning_shapley.estimators.cut import (
     CutEstimate,
+    CutEstimator,
     boundary_value,
-    check_cut,
     cut_estimate,
     resolve_cut,
 )
@@ -30,7 +29,7 @@ ROUND_GROWTH = 0.1
 so a player settles at most about 10 % later than it could have."""
 
 
-class BanditShapley(Estimator):
+class BanditShapley(CutEstimator):
     """Settle which players fall below the cut, sampling only the players still in doubt.
 
     The ingredients, each taken out in turn in ``benchmarks/estimator_quality.py``:
@@ -101,7 +100,7 @@ class BanditShapley(Estimator):
         screen: float | None = None,
         max_batch: int = 4096,
     ) -> None:
-        self.cut = check_cut(cut)
+        super().__init__(cut)
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must lie in (0, 1), got {delta}")
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 2:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
-from lightning_shapley.estimators.base import ShapleyEstimate
+from lightning_shapley.estimators.base import Estimator, ShapleyEstimate
 
-__all__ = ["CutEstimate", "check_cut", "resolve_cut"]
+__all__ = ["CutEstimate", "CutEstimator", "check_cut", "resolve_cut"]
 
 
 def check_cut(cut: float | int) -> float | int:
@@ -45,6 +47,32 @@ def resolve_cut(cut: float | int, n_players: int) -> int:
             "least one player on each side"
         )
     return k
+
+
+class CutEstimator(Estimator):
+    """An estimator that works at a cut (the bandit, TMAB and cut-permutation samplers): it
+    spends its budget on telling which players fall below the cut, not on every value.
+
+    Args:
+        cut: The share of players below the cut in ``(0, 1)``, or their number.
+    """
+
+    def __init__(self, cut: float | int = 0.25) -> None:
+        self.cut = check_cut(cut)
+
+    def at_cut(self, cut: float | int, n_players: int) -> Self:
+        """A copy working at ``cut`` (a share or a number) in a game of ``n_players``, kept
+        to at least one player on each side.
+
+        Example:
+            >>> from lightning_shapley.estimators import BanditShapley
+            >>> BanditShapley(cut=0.25).at_cut(0.5, 10).cut, BanditShapley().at_cut(0.99, 10).cut
+            (5, 9)
+        """
+        k = int(cut * n_players) if isinstance(cut, float) else cut
+        estimator = copy.copy(self)
+        estimator.cut = max(1, min(n_players - 1, k))
+        return estimator
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from lightning_shapley.estimators.base import Estimator, ShapleyEstimate
-from lightning_shapley.estimators.cut import check_cut, resolve_cut
+from lightning_shapley.estimators.base import ShapleyEstimate
+from lightning_shapley.estimators.cut import CutEstimator, resolve_cut
 from lightning_shapley.games.base import Game
 
 __all__ = ["CutPermutationShapley"]
 
 
-class CutPermutationShapley(Estimator):
+class CutPermutationShapley(CutEstimator):
     """Marginal contributions only at the coalition sizes a pruning cut visits.
 
     Each random permutation removes players one at a time from the full coalition, but only
@@ -37,7 +37,8 @@ class CutPermutationShapley(Estimator):
     def __init__(self, cut: float | int = 0.25, batch_size: int = 4096) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.cut, self.batch_size = check_cut(cut), batch_size
+        super().__init__(cut)
+        self.batch_size = batch_size
 
     def min_budget(self, n_players: int) -> int:
         """``v(N)`` and one permutation walked to the cut."""

@@ -7,11 +7,10 @@ import math
 import torch
 
 from lightning_shapley.estimators._running import RunningMoments
-from lightning_shapley.estimators.base import Estimator
 from lightning_shapley.estimators.cut import (
     CutEstimate,
+    CutEstimator,
     boundary_value,
-    check_cut,
     cut_estimate,
     resolve_cut,
 )
@@ -48,7 +47,7 @@ def bernstein_radius(
     return torch.where(enough, radius, torch.full_like(radius, value_range))
 
 
-class TMABShapley(Estimator):
+class TMABShapley(CutEstimator):
     """TMAB-Shapley (Ghorbani & Zou 2020) separating the ``k`` lowest players from the rest.
 
     Random permutations are walked in the removal direction, from the full coalition to the
@@ -110,7 +109,7 @@ class TMABShapley(Estimator):
         chance_value: float | None = None,
         permutations_per_call: int = 32,
     ) -> None:
-        self.cut = check_cut(cut)
+        super().__init__(cut)
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must lie in (0, 1), got {delta}")
         if value_range is not None and not value_range > 0:
