@@ -15,7 +15,9 @@ https://github.com/marcoancona/TorchPruner, and is skipped otherwise.
 Models: a 20-50-500 LeNet-5 trained for one epoch on 8,000 MNIST test images (accuracy on the
 other 2,000 reported), a CIFAR VGG-8 (convolutions of 32, 32, 64, 64, 128, 128 and 256 channels,
 one linear layer) and a CIFAR ResNet-20 with random weights, and torchvision's resnet18 and
-mobilenet_v3_small at 32×32 with random weights (random inputs for all but LeNet).
+mobilenet_v3_small at 32×32 with random weights (random inputs for all but LeNet). The random
+models get batch-norm statistics from their calibration inputs and a classifier scaled so that
+their logits vary across inputs with unit spread, as a trained model's do.
 """
 
 from __future__ import annotations
