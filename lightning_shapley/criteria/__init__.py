@@ -80,7 +80,7 @@ def criterion_by_name(name: str) -> Criterion:
 
 
 CRITERION_OPTIONS = {
-    "bandit_shapley": ("scope", "metric"),
+    "bandit_shapley": ("scope", "metric", "ablation"),
     "shapley": ("estimator", "budget", "scope", "metric", "ablation"),
     "cut_shapley": ("budget", "scope", "metric", "ablation"),
     "loo": ("scope", "metric", "ablation"),

@@ -40,8 +40,10 @@ class BanditShapleyCriterion(ShapleyCriterion):
     """Shapley values of each layer's channels, estimated by
     :class:`~lightning_shapley.estimators.BanditShapley` only as far as the cut needs.
 
-    The game is the agreement with the unpruned model (``"kl"``, no labels needed) with removed
-    channels set to zero, which its consumers' least-squares refit then compensates. It plays
+    The game is the agreement with the unpruned model (``"kl"``, no labels needed) with each
+    removed channel replaced by its least-squares prediction from the kept ones (``"regression"``
+    ablation): a channel that others can stand in for is cheap to remove, as it is once the
+    consumers' least-squares refit has compensated its loss. It plays
     on at most ``max_examples`` of the calibration examples, spread over the classes (each
     evaluation costs a suffix forward over them; the refit uses all of them). Before any
     forward, the game's second-order surrogate (see
@@ -66,6 +68,8 @@ class BanditShapleyCriterion(ShapleyCriterion):
         surrogate: Use the surrogate (control variate and screening); without it, the plain
             bandit.
         metric: The game's value (see :func:`~lightning_shapley.metrics.value_function`).
+        ablation: What a removed channel becomes in the game: ``"regression"``, ``"zero"``,
+            ``"mean"`` or ``"refit"`` (see :class:`~lightning_shapley.games.ChannelGame`).
         scope: ``"layer"`` or ``"global"`` (one game over all layers' channels).
         refine: Decide the channels the bandit leaves in doubt at the cut by a greedy kept-set
             search among them, every settled channel fixed on its side (guided by the
@@ -93,6 +97,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         screen: float | None = 0.5,
         surrogate: bool = True,
         metric: MetricLike = "kl",
+        ablation: str = "regression",
         scope: str = "layer",
         refine: bool = True,
         refine_limit: float | None = None,
@@ -120,7 +125,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         estimator = BanditShapley(
             delta=delta, min_samples=min_samples, screen=screen if surrogate else None
         )
-        super().__init__(estimator, None, scope=scope, metric=metric, ablation="zero")
+        super().__init__(estimator, None, scope=scope, metric=metric, ablation=ablation)
         self.evaluations_per_channel, self.surrogate = evaluations_per_channel, surrogate
         self.max_seconds, self.should_stop, self.refine = max_seconds, should_stop, refine
         self.refine_limit, self.refine_width = refine_limit, refine_width
@@ -186,7 +191,7 @@ class BanditShapleyCriterion(ShapleyCriterion):
         return (
             f"{type(self).__name__}(evaluations_per_channel={self.evaluations_per_channel}, "
             f"screen={self.estimator.screen}, surrogate={self.surrogate}, "
-            f"max_examples={self.max_examples}, scope={self.scope!r})"
+            f"max_examples={self.max_examples}, ablation={self.ablation!r}, scope={self.scope!r})"
         )
 
 

@@ -18,7 +18,7 @@ from lightning_shapley.estimators import (
 )
 from lightning_shapley.games import ChannelGame
 from lightning_shapley.metrics import MetricLike, value_function
-from lightning_shapley.options import SCOPES, check_choice
+from lightning_shapley.options import ABLATIONS, SCOPES, check_choice
 
 __all__ = ["AnconaShapley", "ShapleyCriterion"]
 
@@ -55,6 +55,7 @@ class ShapleyCriterion(Criterion):
                 f"estimator must be a name or an Estimator, got {type(estimator).__name__}"
             )
         check_choice("scope", scope, SCOPES)
+        check_choice("ablation", ablation, ABLATIONS)
         self.budget, self.scope, self.metric, self.ablation = budget, scope, metric, ablation
         self.label_free = value_function(metric).label_free
         self.name = "loo" if isinstance(self.estimator, LeaveOneOut) else "shapley"

@@ -197,6 +197,7 @@ def test_a_game_blind_to_the_channels_falls_back_to_weight_norms_with_a_warning(
         blind = BanditShapleyCriterion().score(model, ["0"], x, cut=0.5)
     norms = model[0].weight.abs().sum(dim=(1, 2, 3))
     assert torch.equal(torch.argsort(blind.values["0"]), torch.argsort(norms))
+    live, _ = net_and_data()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # layer "2" still counts: no fallback there
-        BanditShapleyCriterion().score(model, ["2"], x, cut=0.5)
+        warnings.simplefilter("error")  # a layer whose channels count: no fallback there
+        BanditShapleyCriterion().score(live, ["0"], x, cut=0.5)
