@@ -11,9 +11,10 @@ four ways and timed side by side, layer after layer:
   coalition, the anchor to beat);
 * ``stacked``: ``strategy="suffix", chunk_size=16`` (the dependent part on 16 coalitions at once).
 
-All four play the zero-ablation game, the only one the default criterion evaluates; its other
-cost per layer, the surrogate (``ChannelGame.surrogate``: one forward and a backward per class),
-is timed once per layer and reported in seconds and in ``ours`` evaluations.
+All four play the game with the default criterion's ablation (regression: a removed channel
+becomes its least-squares prediction from the kept ones; ``--ablation`` times another); its
+other cost per layer, the surrogate (``ChannelGame.surrogate``: one forward and a backward per
+class), is timed once per layer and reported in seconds and in ``ours`` evaluations.
 
 Each way is warmed up with one call on 8 fixed coalitions, which also checks that the four ways
 agree; ``ours`` gets a few more warm-up calls so that its chunk tuner settles. Then random
@@ -46,8 +47,10 @@ import torch
 from torch import nn
 
 from lightning_shapley import ChannelGame
+from lightning_shapley.criteria import BanditShapleyCriterion
 from lightning_shapley.lab.datasets import load_mnist_idx, split_indices
 from lightning_shapley.lab.models import CifarResNet, LeNet5, cifar_vgg
+from lightning_shapley.options import ABLATIONS
 from lightning_shapley.pruning import prunable_layer_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,12 +252,13 @@ def random_masks(m: int, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(m, n, generator=generator) < 0.5
 
 
-def build(bench: Benchmark, layer: str, way: Way) -> tuple[ChannelGame, float]:
+def build(bench: Benchmark, layer: str, way: Way, ablation: str) -> tuple[ChannelGame, float]:
     began = time.perf_counter()
     game = ChannelGame(
         bench.model,
         layer,
         (bench.inputs, bench.targets),
+        ablation=ablation,
         strategy=way.strategy,
         chunk_size=way.chunk_size,
     )
@@ -290,11 +294,16 @@ def settle_ours(timing: Timing, call_seconds: float, chunk_seconds: float) -> No
 
 
 def measure_layer(
-    bench: Benchmark, layer: str, last_stage: bool, target_seconds: float, index: int
+    bench: Benchmark,
+    layer: str,
+    last_stage: bool,
+    target_seconds: float,
+    index: int,
+    ablation: str,
 ) -> Row:
     """Build the four games of ``layer``, check they agree, and time them round-robin."""
     phases, began = {}, time.perf_counter()
-    built = {way.name: build(bench, layer, way) for way in WAYS}
+    built = {way.name: build(bench, layer, way, ablation) for way in WAYS}
     phases["build"], began = time.perf_counter() - began, time.perf_counter()
     games = {name: game for name, (game, _) in built.items()}
     n_players = games["ours"].n_players
@@ -316,7 +325,7 @@ def measure_layer(
     phases["timed"] = time.perf_counter() - began
     ours = games["ours"]
     began = time.perf_counter()
-    ours.surrogate()  # the default criterion's only other cost per layer (zero ablation)
+    ours.surrogate()  # the default criterion's only other cost per layer
     surrogate_s = time.perf_counter() - began
     consumers = [bench.model.get_submodule(c.name) for c in ours.groups[0].consumers]
     return Row(
@@ -337,14 +346,18 @@ def measure_layer(
     )
 
 
-def measure_model(bench: Benchmark, target_seconds: float, first_index: int) -> list[Row]:
+def measure_model(
+    bench: Benchmark, target_seconds: float, first_index: int, ablation: str
+) -> list[Row]:
     example = bench.inputs[:1]
     layers = prunable_layer_names(bench.model, example)
     last = last_stage_layers(bench.model, layers, example)
     rows = []
     for offset, layer in enumerate(layers):
         began = time.perf_counter()
-        row = measure_layer(bench, layer, layer in last, target_seconds, first_index + offset)
+        row = measure_layer(
+            bench, layer, layer in last, target_seconds, first_index + offset, ablation
+        )
         rows.append(row)
         print(
             f"{bench.name:>10} {layer:<16} n={row.n_players:<4} "
@@ -521,13 +534,15 @@ def write_markdown(
     total_s: float,
     load_at_start: str,
     threads_set: bool,
+    ablation: str,
 ) -> None:
     lines = [
         "# Coalition throughput of `ChannelGame`",
         "",
         f"Coalition evaluations per second with {N_CALIBRATION} calibration samples, four ways "
         f"side by side per layer; ≥ {target_seconds:g} s and ≥ 2 timed calls per way and layer "
-        f"(calls of up to {MAX_CALL} random coalitions). Total run time {total_s:.0f} s.",
+        f"(calls of up to {MAX_CALL} random coalitions), `{ablation}` ablation. Total run "
+        f"time {total_s:.0f} s.",
         "",
         *machine_info(load_at_start, threads_set),
         "",
@@ -588,6 +603,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's own default)"
     )
+    parser.add_argument(
+        "--ablation", default=BanditShapleyCriterion().ablation, choices=ABLATIONS,
+        help="the game's ablation (default: the default criterion's)",
+    )  # fmt: skip
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="MNIST t10k IDX folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     return parser.parse_args(argv)
@@ -604,12 +623,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for bench in benchmarks(args.models, args.mnist):
         print(f"{bench.name}: {bench.note}", flush=True)
         notes[bench.name] = bench.note
-        rows += measure_model(bench, target_seconds, first_index=len(rows))
+        rows += measure_model(bench, target_seconds, len(rows), args.ablation)
     total = time.perf_counter() - began
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / "coalition_throughput.csv")
     markdown = args.out / "coalition_throughput.md"
-    write_markdown(rows, notes, markdown, target_seconds, total, load_at_start, bool(args.threads))
+    write_markdown(rows, notes, markdown, target_seconds, total, load_at_start, bool(args.threads),
+                   args.ablation)  # fmt: skip
     plot(rows, args.out / "coalition_throughput.png")
     print("\n".join(summary(rows)))
     print(f"total {total:.0f} s; results in {args.out}")

@@ -47,7 +47,8 @@ class BanditShapleyCriterion(ShapleyCriterion):
     on at most ``max_examples`` of the calibration examples, spread over the classes (each
     evaluation costs a suffix forward over them; the refit uses all of them). Before any
     forward, the game's second-order surrogate (see
-    :mod:`~lightning_shapley.games.surrogate`) gives exact Shapley values of a quadratic stand-in;
+    :mod:`~lightning_shapley.games.surrogate`) gives exact Shapley values of a quadratic stand-in
+    (of zero ablation: a guide, whatever the game's ablation; what the game measures decides);
     the bandit samples first only the ``screen`` share of channels the surrogate puts nearest the
     cut, uses the surrogate as a control variate on every sample, and lets a screened channel
     in as soon as its estimate comes within the surrogate's measured error of the cut. It
