@@ -163,6 +163,9 @@ def test_options_reach_the_criterion_or_are_refused():
                                      metric="accuracy", ablation="mean")._criterion()  # fmt: skip
     assert type(shapley.estimator).__name__ == "BanditShapley"
     assert (shapley.budget, shapley.metric, shapley.ablation) == (9, "accuracy", "mean")
+    default = ShapleyPruningCallback(ablation="zero")._criterion()
+    assert (default.name, default.ablation) == ("bandit_shapley", "zero")
+    assert ShapleyPruningCallback()._criterion().ablation == "regression"
     greedy = ShapleyPruningCallback(criterion="greedy", scope="global", ablation="zero")
     assert (greedy._criterion().scope, greedy._criterion().ablation) == ("global", "zero")
     default = ShapleyPruningCallback(scope="global", metric="cross_entropy")._criterion()
