@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_shapley.hooks import watch_inputs
+from lightning_shapley.hooks import attached, watch_inputs
 
 __all__ = [
     "check_refittable",
@@ -165,17 +165,11 @@ def reference_targets(
             out = out.double().view(len(out), groups, -1).transpose(0, 1)  # [G, S, O/G]
             products[name] = products.get(name, 0) + rows.transpose(0, 1).mT @ out
 
-    handles = [m.register_forward_pre_hook(take_input) for m in own]
-    handles += [m.register_forward_hook(take_output) for m in theirs]
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-                if reference is not model:
-                    reference(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with attached(own, before=take_input), attached(theirs, after=take_output), torch.no_grad():
+        for x in batches:
+            model(x)
+            if reference is not model:
+                reference(x)
     return {name: p for name, p in products.items() if p is not None}
 
 

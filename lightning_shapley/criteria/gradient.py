@@ -44,6 +44,7 @@ from torch import nn
 
 from lightning_shapley.criteria.base import Criterion
 from lightning_shapley.games.masking import ConsumerMask
+from lightning_shapley.hooks import attached
 from lightning_shapley.metrics import first_logits
 from lightning_shapley.pruning import ChannelGraph, merged_consumers
 from lightning_shapley.statistics import consumer_input_means
@@ -238,12 +239,8 @@ class _Gates:
             first = args[0].reshape(rows, batch, *args[0].shape[1:])
             return (self.masks[module].apply(first, gates).flatten(0, 1), *args[1:])
 
-        handles = [module.register_forward_pre_hook(gate) for module in self.masks]
-        try:
+        with attached(self.masks, before=gate):
             out = first_logits(self.model(x.repeat(rows, *[1] * (x.dim() - 1))))
-        finally:
-            for handle in handles:
-                handle.remove()
         return out.reshape(rows, batch, -1)
 
 
@@ -287,13 +284,8 @@ def _rescale_rules(model: nn.Module) -> Iterator[None]:
         )
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_pre_hook(before) for m in leaves]
-    handles += [m.register_forward_hook(after) for m in leaves]
-    try:
+    with attached(leaves, before=before, after=after):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _batch_statistics(module: nn.Module) -> bool:

@@ -68,6 +68,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from lightning_shapley.estimators.base import Estimator, ShapleyEstimate
 from lightning_shapley.games.base import Game
+from lightning_shapley.hooks import attached
 from lightning_shapley.metrics import first_logits
 from lightning_shapley.modes import evaluating
 from lightning_shapley.pruning import Consumer
@@ -467,12 +468,9 @@ class MomentSuffix:
         def capture(module: nn.Module, args: tuple) -> None:
             captured.append(args[0])
 
-        handle = self.module.register_forward_pre_hook(capture)
-        try:
+        with attached([self.module], before=capture):
             for x in self.game.batches:
                 self.model(x)
-        finally:
-            handle.remove()
         return torch.cat(captured)
 
     def _prepare(self, inputs: torch.Tensor) -> None:

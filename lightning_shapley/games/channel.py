@@ -19,6 +19,7 @@ from lightning_shapley.games.masking import (
 )
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
 from lightning_shapley.games.surrogate import QuadraticGame, fisher_gram
+from lightning_shapley.hooks import attached
 from lightning_shapley.metrics import MetricLike, first_logits, reference_logits, value_function
 from lightning_shapley.modes import evaluating
 from lightning_shapley.options import ABLATIONS, check_choice
@@ -227,17 +228,16 @@ class ChannelGame:
             x = args[0].view(m, batch, *args[0].shape[1:])
             return mask.refit.outputs(x, mask.feature_masks(masks).bool())
 
-        handles = [
-            self.model.get_submodule(name).register_forward_pre_hook(mask_input)
-            if isinstance(mask, ConsumerMask) and mask.refit is None
-            else self.model.get_submodule(name).register_forward_hook(replace_output)
-            for name, mask in self._masks.items()
+        inputs = [
+            n for n, k in self._masks.items() if isinstance(k, ConsumerMask) and k.refit is None
         ]
-        try:
+        outputs = [n for n in self._masks if n not in inputs]
+        modules = self.model.get_submodule
+        with (
+            attached(map(modules, inputs), before=mask_input),
+            attached(map(modules, outputs), after=replace_output),
+        ):
             return first_logits(self.model(x.repeat(m, *[1] * (x.dim() - 1))))
-        finally:
-            for handle in handles:
-                handle.remove()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -435,12 +435,8 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
             total += output.numel() * output.element_size()
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
+    with attached(leaves, after=count):
         model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
     return max(1, 2 * total)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_shapley.hooks import attached
 from lightning_shapley.pruning import Consumer, merged_consumers
 from lightning_shapley.refit import kept_columns, refit_parameters
 from lightning_shapley.statistics import LinearImputation
@@ -252,12 +253,8 @@ def pruned_normalisations(
         return mask.forward(module, args, kept.to(args[0].device))
 
     names = {model.get_submodule(name): name for name in masks}
-    handles = [module.register_forward_hook(hook) for module in names]
-    try:
+    with attached(names, after=hook):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def factorize(

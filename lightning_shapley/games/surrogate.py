@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from lightning_shapley.hooks import attached
 from lightning_shapley.metrics import first_logits
 from lightning_shapley.modes import restored_modes
 from lightning_shapley.pruning import Consumer
@@ -104,30 +105,23 @@ def fisher_gram(
 
     gram = torch.zeros(n_players, n_players, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
-    handles = [module.register_forward_pre_hook(capture) for module in names]
     count = 0
-    try:
-        with restored_modes(model), torch.enable_grad():
-            model.eval()
-            for batch in batches:
-                captured.clear()
-                log_p = torch.log_softmax(first_logits(model(batch)).float(), dim=-1)
-                for objective in _objectives(log_p, draws, generator):
-                    tensors = [x for _, x in captured]
-                    grads = torch.autograd.grad(
-                        objective, tensors, retain_graph=True, allow_unused=True
-                    )
-                    first_order = torch.zeros(len(batch), n_players, dtype=torch.float64)
-                    for (name, x), grad in zip(captured, grads, strict=True):
-                        if grad is not None:
-                            first_order += _per_player(
-                                x.detach() * grad, consumers[name], n_players
-                            )
-                    gram += first_order.T @ first_order
-                count += len(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with attached(names, before=capture), restored_modes(model), torch.enable_grad():
+        model.eval()
+        for batch in batches:
+            captured.clear()
+            log_p = torch.log_softmax(first_logits(model(batch)).float(), dim=-1)
+            for objective in _objectives(log_p, draws, generator):
+                tensors = [x for _, x in captured]
+                grads = torch.autograd.grad(
+                    objective, tensors, retain_graph=True, allow_unused=True
+                )
+                first_order = torch.zeros(len(batch), n_players, dtype=torch.float64)
+                for (name, x), grad in zip(captured, grads, strict=True):
+                    if grad is not None:
+                        first_order += _per_player(x.detach() * grad, consumers[name], n_players)
+                gram += first_order.T @ first_order
+            count += len(batch)
     return gram / max(count, 1)
 
 
