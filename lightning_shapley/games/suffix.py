@@ -201,7 +201,8 @@ class SuffixProgram:
     def _call_module(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         module = self._modules[node.target]
         weight = self._channels_last.get(node)
-        if weight is None or kwargs or len(args) != 1 or torch.is_grad_enabled():
+        plain = weight is not None and not kwargs and len(args) == 1 and args[0].dim() == 4
+        if not plain or torch.is_grad_enabled():
             return module(*args, **kwargs)
         return module._conv_forward(_channels_last(args[0]), weight, module.bias)
 
