@@ -236,7 +236,8 @@ def run_cell(model_name, criterion_name, images, size, ratio, budget, threads, q
         except ValueError as error:
             row["outcome"], row["message"] = "clear error", f"{type(error).__name__}: {error}"
         except Exception as error:  # the point is to record it
-            row["outcome"] = "memory" if isinstance(error, MemoryError) else "unhandled"
+            out_of_memory = isinstance(error, MemoryError) or "can't allocate memory" in str(error)
+            row["outcome"] = "memory" if out_of_memory else "unhandled"
             frames = [f for f in traceback.extract_tb(error.__traceback__)
                       if not f.filename.startswith("<")]  # fmt: skip
             where = ", ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-3:])
