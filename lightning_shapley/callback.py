@@ -98,8 +98,9 @@ class ShapleyPruningCallback(Callback):
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
             the partly pruned model, as Ancona et al. do) or ``"one_shot"`` (every layer scored
             on the unpruned model).
-        criterion: ``"bandit_shapley"`` (default: channel Shapley values by the bandit sampler
-            at the cut, see :class:`~lightning_shapley.criteria.BanditShapleyCriterion`),
+        criterion: ``"bandit_shapley"`` (default: channel Shapley values at the cut, the
+            channels in doubt decided by a guided kept-set search, see
+            :class:`~lightning_shapley.criteria.BanditShapleyCriterion`),
             ``"greedy"`` (backward elimination on the game of the kept set), ``"shapley"``
             (Shapley values from ``estimator``), any name of
             :data:`~lightning_shapley.criteria.CRITERIA`, a ``Criterion``, or a torch-pruning
