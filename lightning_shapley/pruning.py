@@ -227,6 +227,15 @@ def _dtype_hint(model: nn.Module, example_input: torch.Tensor) -> str:
     )
 
 
+_IMPORTANCES = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2, normalizer=None),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(normalizer=None),
+    "taylor": lambda: tp.importance.TaylorImportance(normalizer=None),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
 class ChannelGraph:
     """Which channels of ``model`` go together: torch-pruning's dependency graph, traced on
     ``example_input`` ``[1, ...]`` and traced again when a layer's shape has changed since (after
@@ -376,7 +385,21 @@ class ChannelGraph:
                 ``"random"``, or a torch-pruning importance object. Scores are averaged over
                 the group's layers, not normalised.
         """
-        return _importance(self, layer, kind)
+        if not is_importance(kind) and kind not in _IMPORTANCES:
+            raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
+        players = self.group(layer)
+        graph, module = self._dependencies, self.model.get_submodule(players.layer)
+        group = _pruning_group(graph, module, list(range(graph.get_out_channels(module))))
+        scores = kind(group) if is_importance(kind) else _IMPORTANCES[kind]()(group)
+        if scores is None:
+            raise ValueError(
+                f"the group of layer {players.layer!r} has no layer that {kind!r} can score"
+            )
+        # a player's score is the mean over its channels, as torch-pruning's over channel groups
+        scores = scores.detach().float().cpu()
+        if players.members:
+            return torch.stack([scores[list(channels)].mean() for channels in players.members])
+        return scores.view(players.blocks, -1).mean(dim=0)
 
 
 def channel_group(
@@ -601,33 +624,6 @@ def is_importance(criterion: object) -> bool:
 def importance_needs_gradients(importance: object) -> bool:
     """Whether a torch-pruning importance reads the parameters' ``.grad`` (Taylor, Hessian)."""
     return isinstance(importance, tp.importance.TaylorImportance | tp.importance.HessianImportance)
-
-
-_IMPORTANCES = {
-    "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None),
-    "l2": lambda: tp.importance.MagnitudeImportance(p=2, normalizer=None),
-    "bn_scale": lambda: tp.importance.BNScaleImportance(normalizer=None),
-    "taylor": lambda: tp.importance.TaylorImportance(normalizer=None),
-    "random": lambda: tp.importance.RandomImportance(),
-}
-
-
-def _importance(graph: ChannelGraph, layer: str | nn.Module, kind: str | object) -> torch.Tensor:
-    if not is_importance(kind) and kind not in _IMPORTANCES:
-        raise ValueError(f"importance {kind!r} is unknown; use one of {IMPORTANCES}")
-    players = graph.group(layer)
-    dependencies, module = graph._dependencies, graph.model.get_submodule(players.layer)
-    group = _pruning_group(dependencies, module, list(range(dependencies.get_out_channels(module))))
-    scores = kind(group) if is_importance(kind) else _IMPORTANCES[kind]()(group)
-    if scores is None:
-        raise ValueError(
-            f"the group of layer {players.layer!r} has no layer that {kind!r} can score"
-        )
-    # a player's score is the mean over its channels, as torch-pruning's over channel groups
-    scores = scores.detach().float().cpu()
-    if players.members:
-        return torch.stack([scores[list(channels)].mean() for channels in players.members])
-    return scores.view(players.blocks, -1).mean(dim=0)
 
 
 def _pruning_group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):

@@ -88,7 +88,7 @@ class ShapleyCriterion(Criterion):
         shard = self._shard
         for names, game in self._games(model, layers, inputs, targets):
             seen = _ValueRange()
-            self._shard = lambda g, seen=seen: seen.watch(shard(g))
+            self._shard = lambda g, seen=seen: _Watched(shard(g), seen)
             try:
                 values, spent = self._values(game, seed)
             finally:
@@ -122,9 +122,6 @@ class _ValueRange:
     def blind(self) -> bool:
         """Whether at least two values were measured and all were the same."""
         return self.count >= 2 and self.low == self.high
-
-    def watch(self, game) -> _Watched:
-        return _Watched(game, self)
 
 
 class _Watched:
