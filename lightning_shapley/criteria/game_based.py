@@ -61,11 +61,15 @@ class ShapleyCriterion(Criterion):
         self.name = "loo" if isinstance(self.estimator, LeaveOneOut) else "shapley"
 
     def _games(self, model, layers, inputs, targets):
+        """``(layers, game)`` pairs, built one at a time: a game's caches (hundreds of MB on a
+        wide layer) are freed once the next is asked for."""
         options = {"metric": self.metric, "ablation": self.ablation}
         data = inputs if targets is None else (inputs, targets)
         if self.scope == "global":
-            return [(layers, ChannelGame(model, layers, data, **options))]
-        return [([layer], ChannelGame(model, layer, data, **options)) for layer in layers]
+            yield layers, ChannelGame(model, layers, data, **options)
+            return
+        for layer in layers:
+            yield [layer], ChannelGame(model, layer, data, **options)
 
     def _values(self, game: ChannelGame, seed: int) -> tuple[torch.Tensor, int]:
         estimator = self.estimator
@@ -103,6 +107,7 @@ class ShapleyCriterion(Criterion):
             n_evals += spent
             sizes = [g.n_channels for g in game.groups]
             scores.update(zip(names, values.split(sizes), strict=True))
+            del game  # freed before the next game is built
         return scores, n_evals
 
     def __repr__(self) -> str:

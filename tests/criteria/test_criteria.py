@@ -140,3 +140,26 @@ def test_bad_criteria_arguments():
         ShapleyCriterion(scope="everything")
     with pytest.raises(ValueError, match="layers is empty"):
         criterion_by_name("l1").score(tiny_model(), [], data())
+
+
+def test_layer_games_are_built_one_at_a_time(monkeypatch):
+    import weakref
+
+    from lightning_shapley.criteria import game_based
+
+    alive, most = weakref.WeakSet(), []
+
+    class Counted(game_based.ChannelGame):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            alive.add(self)
+            most.append(len(alive))
+
+    monkeypatch.setattr(game_based, "ChannelGame", Counted)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 16, 2))  # fmt: skip
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 2, (8,))
+    result = ShapleyCriterion("exact", None).score(model, ["0", "2", "4"], (x, y))
+    assert list(result.values) == ["0", "2", "4"]
+    assert most == [1, 1, 1]  # each game's caches are freed before the next is built
