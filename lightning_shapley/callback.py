@@ -43,11 +43,13 @@ from lightning_shapley.modes import evaluating
 from lightning_shapley.options import (
     ABLATIONS,
     COMPENSATIONS,
+    COSTS,
     PRUNE_ON,
     SCHEDULES,
     SCOPES,
     Ablation,
     Compensation,
+    Cost,
     CriterionName,
     EstimatorName,
     MetricName,
@@ -58,6 +60,7 @@ from lightning_shapley.options import (
 )
 from lightning_shapley.prune import PruningReport
 from lightning_shapley.pruning import (
+    channel_costs,
     count_params_and_macs,
     is_importance,
     prunable_layer_names,
@@ -95,6 +98,9 @@ class ShapleyPruningCallback(Callback):
             epoch starts, so the pruned model is first validated an epoch later.
         scope: ``"layer"`` (every layer loses the ratio) or ``"global"`` (one ranking over all
             layers; the game-based criteria then play one network-wide game).
+        cost: What the ratio is a share of in global scope: ``"channels"`` (default),
+            ``"params"`` or ``"macs"`` (what each layer's channels cost, measured on the
+            calibration inputs; ``greedy`` then searches at that budget too).
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
             the partly pruned model, as Ancona et al. do) or ``"one_shot"`` (every layer scored
             on the unpruned model).
@@ -157,6 +163,7 @@ class ShapleyPruningCallback(Callback):
         epochs: int | Sequence[int] | Callable[[int], bool] = 0,
         prune_on: PruneOn = "train_epoch_end",
         scope: Scope = "layer",
+        cost: Cost = "channels",
         schedule: Schedule = "layer_by_layer",
         criterion: CriterionName | Criterion | Callable[..., torch.Tensor] = DEFAULT_CRITERION,
         estimator: EstimatorName | None = None,
@@ -192,6 +199,9 @@ class ShapleyPruningCallback(Callback):
                 )
         check_choice("prune_on", prune_on, PRUNE_ON)
         check_choice("scope", scope, SCOPES)
+        check_choice("cost", cost, COSTS)
+        if cost != "channels" and scope != "global":
+            raise ValueError(f"cost={cost!r} needs scope='global' (one budget over all layers)")
         check_choice("schedule", schedule, SCHEDULES)
         if estimator is not None:
             check_choice("estimator", estimator, get_args(EstimatorName))
@@ -222,7 +232,7 @@ class ShapleyPruningCallback(Callback):
                 f"max_seconds must be non-negative seconds or None, got {max_seconds!r}"
             )
         self.ratio, self.epochs, self.scope, self.schedule = ratio, epochs, scope, schedule
-        self.prune_on = prune_on
+        self.prune_on, self.cost = prune_on, cost
         self.criterion, self.estimator, self.budget = criterion, estimator, budget
         self.shots, self.calibration, self.batch_to_xy = shots, calibration, batch_to_xy
         self.held_out = held_out
@@ -416,9 +426,12 @@ class ShapleyPruningCallback(Callback):
                 "criterion must be a name, a Criterion or a torch-pruning importance, got "
                 f"{type(self.criterion).__name__}"
             )
-        takes_scope = "scope" in CRITERION_OPTIONS.get(self.criterion, ())
-        scope = "global" if self.scope == "global" and takes_scope else None
-        return make_criterion(self.criterion, scope=scope, **options)
+        takes = CRITERION_OPTIONS.get(self.criterion, ())
+        if self.scope == "global" and "scope" in takes:
+            options["scope"] = "global"
+        if self.cost != "channels" and "cost" in takes:
+            options["cost"] = self.cost
+        return make_criterion(self.criterion, **options)
 
     def _timed_criterion(self, world_size: int) -> Criterion:
         """The criterion, stopping its scoring ``max_seconds`` from now if there is a budget."""
@@ -458,6 +471,9 @@ class ShapleyPruningCallback(Callback):
         before = _measures(module, held_out)
         params_before, macs_before = count_params_and_macs(module, inputs[:1])
         target = self._target_ratio(epoch)
+        cost = None
+        if self.cost != "channels":
+            cost = channel_costs(module, layers, inputs[:1], self.cost)
         bar = _ScoringBar(trainer, f"Pruning ({criterion.name})")
         stop = _stop_check(trainer)
         session = PruningSession(
@@ -468,6 +484,7 @@ class ShapleyPruningCallback(Callback):
             original_channels=self.original_channels,
             min_channels=self.min_channels,
             round_to=self.round_to,
+            cost=cost,
             shard=_watching(trainer, bar, stop),
             decide=lambda removed: trainer.strategy.broadcast(removed, src=0),  # one decision
             stop=stop,

@@ -61,6 +61,22 @@ def test_iterative_schedule_and_global_scope(tmp_path):
     assert total == pytest.approx(0.5 * (8 + 8 + 16 + 64), abs=1)
 
 
+def test_a_global_parameter_budget_prunes_where_parameters_are(tmp_path):
+    train, val = digits_loaders()
+    left = {}
+    for cost in ("channels", "params"):
+        torch.manual_seed(0)
+        module = DigitsModule()
+        callback = ShapleyPruningCallback(
+            0.5, scope="global", cost=cost, criterion="greedy", schedule="one_shot",
+            compensation="none", fine_tune=False, shots=3,
+        )  # fmt: skip
+        trainer(tmp_path, [callback], max_epochs=2).fit(module, train, val)
+        left[cost] = n_params(module)
+    # half of the summed channel costs removes far more parameters than half of the channels
+    assert left["params"] < 0.8 * left["channels"]
+
+
 def test_resume_rebuilds_the_pruned_model_and_load_from_checkpoint_works(tmp_path):
     torch.manual_seed(0)
     module = DigitsModule()
@@ -150,6 +166,8 @@ def test_nan_outputs_are_reported(tmp_path):
         ({"min_channels": 0}, "min_channels"),
         ({"round_to": 0}, "round_to"),
         ({"compensation": "refit"}, "compensation='refit' is invalid"),
+        ({"cost": "flops"}, "cost='flops' is invalid"),
+        ({"cost": "params"}, "cost='params' needs scope='global'"),
     ],
 )
 def test_misconfiguration_raises_clear_errors(kwargs, match):

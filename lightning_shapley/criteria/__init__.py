@@ -85,7 +85,7 @@ CRITERION_OPTIONS = {
     "cut_shapley": ("budget", "scope", "metric", "ablation"),
     "loo": ("scope", "metric", "ablation"),
     "iterated_shapley": ("estimator", "budget", "scope", "metric", "ablation"),
-    "greedy": ("scope", "metric", "ablation"),
+    "greedy": ("scope", "metric", "ablation", "cost"),
     "greedy_refit": ("scope", "metric"),
     "beam": ("scope", "metric", "ablation"),
     "ancona_shapley": ("ablation",),
@@ -101,6 +101,7 @@ def make_criterion(
     scope: str | None = None,
     metric: MetricLike | None = None,
     ablation: str | None = None,
+    cost: str | None = None,
 ) -> Criterion:
     """A criterion of ``CRITERIA`` with options; ``None`` keeps the criterion's own.
 
@@ -118,7 +119,7 @@ def make_criterion(
     """
     base = criterion_by_name(name)
     given = {"estimator": estimator, "budget": budget, "scope": scope, "metric": metric,
-             "ablation": ablation}  # fmt: skip
+             "ablation": ablation, "cost": cost}  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     takes = CRITERION_OPTIONS.get(name, ())
     for option in given:
@@ -135,7 +136,7 @@ def make_criterion(
         return BanditShapleyCriterion(**given)
     if isinstance(base, EliminationCriterion):
         defaults = {"beam": base.beam, "scope": base.scope, "metric": base.metric,
-                    "ablation": base.ablation}  # fmt: skip
+                    "ablation": base.ablation, "cost": base.cost}  # fmt: skip
         return EliminationCriterion(**{**defaults, **given})
     defaults = {"estimator": base.estimator, "budget": base.budget, "scope": base.scope,
                 "metric": base.metric, "ablation": base.ablation}  # fmt: skip

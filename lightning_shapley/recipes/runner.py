@@ -6,30 +6,30 @@ import copy
 import hashlib
 import json
 import os
-import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torchvision
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from lightning_shapley.calibration import few_shot_indices
-from lightning_shapley.criteria import (
-    Criterion,
-    EliminationCriterion,
-    ShapleyCriterion,
-    criterion_by_name,
-)
+from lightning_shapley.callback import ShapleyPruningCallback
+from lightning_shapley.criteria import CRITERION_OPTIONS
+from lightning_shapley.lab.classifier import Classifier
 from lightning_shapley.lab.models import CifarResNet, DigitsCNN, LeNet5, cifar_vgg, small_vgg
 from lightning_shapley.lab.training import evaluate, train
-from lightning_shapley.pruning import channel_costs, count_params_and_macs, prunable_layer_names
+from lightning_shapley.modes import restored_modes
+from lightning_shapley.pruning import count_params_and_macs
 from lightning_shapley.recipes.data import RecipeData, load_data, targets_of
 from lightning_shapley.recipes.report import write_report
 from lightning_shapley.recipes.schema import ModelSpec, Recipe, import_class
-from lightning_shapley.session import PruningSession
 
 __all__ = ["build_model", "run_recipe"]
 
@@ -87,15 +87,6 @@ def obtain_model(recipe: Recipe, data: RecipeData, instance: int) -> nn.Module:
     return model.eval()
 
 
-def _criterion(name: str, recipe: Recipe) -> Criterion:
-    p = recipe.pruning
-    if name == "shapley":
-        return ShapleyCriterion(p.estimator, p.budget, scope=p.scope, ablation=p.ablation)
-    if name == "greedy" and p.scope == "global":  # the game decides the allocation
-        return EliminationCriterion(scope="global", cost=None if p.cost == "channels" else p.cost)
-    return criterion_by_name(name)
-
-
 def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.tensor(
@@ -122,47 +113,72 @@ def run_recipe(recipe: Recipe, output: str | Path | None = None, *, progress: bo
         rows.append(dict(instance=instance, criterion="unpruned", ratio=0.0, shots=0, seed=0,
                          fine_tune_epochs=0, accuracy=accuracy, loss=loss, params=params,
                          macs=macs, seconds=0.0, evaluations=0))  # fmt: skip
-        layers = prunable_layer_names(model, example, ignored=tuple(p.ignored_layers))
         for shots in p.shots:
             for seed in p.seeds:
                 chosen = few_shot_indices(pool_targets, shots, seed=seed).tolist()
                 calibration = Subset(data.pool, chosen)
-                x, y = _tensors(calibration)
                 for name in p.criteria:
                     bar.set_postfix_str(f"model {instance}, {shots} shots, seed {seed}: {name}")
-                    rows += _prune_and_judge(model, layers, name, recipe, (x, y), calibration,
-                                             data.test, seed, instance, shots)  # fmt: skip
+                    rows += _prune_and_judge(model, name, recipe, calibration, data.test, seed,
+                                             instance, shots)  # fmt: skip
                     bar.update(1)
     bar.close()
     write_report(rows, out, recipe)
     return out
 
 
-def _prune_and_judge(model, layers, name, recipe, calib, calibration, test, seed, instance, shots):
+def _prune_and_judge(model, name, recipe, calibration, test, seed, instance, shots):
+    """Prune a copy of ``model`` at every ratio as a user would: ``Trainer.fit`` with
+    :class:`ShapleyPruningCallback` pruning at the end of epoch 0 (whose training steps are
+    skipped), then the fine-tuning epochs; the test set judged after each count of them."""
     p, ft = recipe.pruning, recipe.fine_tune
-    criterion = _criterion(name, recipe)
-    inputs, labels = calib[0].to(recipe.device), calib[1].to(recipe.device)
-    cost = None
-    if p.scope == "global" and p.cost != "channels":
-        cost = channel_costs(model, layers, inputs[:1], p.cost)
-    base = dict(instance=instance, criterion=name, shots=shots, seed=seed)
+    options = {"estimator": p.estimator, "budget": p.budget, "ablation": p.ablation}
+    takes = CRITERION_OPTIONS.get(name, ())
+    options = {k: v for k, v in options.items() if k in takes and v is not None}
+    judged = sorted(set(ft.epochs))
     rows = []
     for ratio in p.ratios:
-        pruned = copy.deepcopy(model)
-        session = PruningSession(criterion, scope=p.scope, schedule=p.schedule,
-                                 compensation=p.compensation, cost=cost)  # fmt: skip
-        began = time.perf_counter()
-        result = session.run(pruned, layers, inputs, labels, ratio, seed=seed)
-        seconds = time.perf_counter() - began
-        params, macs = count_params_and_macs(pruned, inputs[:1])
-        done = 0
-        for epochs in sorted(set(ft.epochs)):
-            if epochs > done:
-                train(pruned, calibration, epochs - done, ft.lr, ft.batch_size, seed=seed,
-                      freeze_batchnorm=True)  # fmt: skip
-                done = epochs
-            accuracy, loss = evaluate(pruned, test)
-            rows.append(dict(base, ratio=ratio, fine_tune_epochs=epochs, accuracy=accuracy,
-                             loss=loss, params=params, macs=macs, seconds=seconds,
-                             evaluations=result.n_evals))  # fmt: skip
+        module = Classifier(copy.deepcopy(model), lr=ft.lr, skip_epochs=1)
+        pruning = ShapleyPruningCallback(
+            ratio, epochs=0, scope=p.scope, cost=p.cost, schedule=p.schedule, criterion=name,
+            calibration=_tensors(calibration), compensation=p.compensation,
+            ignored_layers=[f"model.{layer}" for layer in p.ignored_layers],
+            fine_tune=judged[-1] > 0, held_out=0, seed=seed, verbose=False, **options,
+        )  # fmt: skip
+        judge = _Judge(test, judged)
+        trainer = pl.Trainer(
+            accelerator="gpu" if recipe.device.startswith("cuda") else "cpu", devices=1,
+            max_epochs=1 + judged[-1], callbacks=[pruning, judge], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(seed)
+        loader = DataLoader(calibration, batch_size=ft.batch_size, shuffle=True,
+                            generator=generator)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            torch.manual_seed(seed)
+            trainer.fit(module, loader)
+        metrics = trainer.callback_metrics
+        example = _tensors(Subset(calibration, [0]))[0].to(module.device)
+        params, macs = count_params_and_macs(module.model, example)
+        for epochs, (accuracy, loss) in zip(judged, judge.results, strict=True):
+            rows.append(dict(instance=instance, criterion=name, shots=shots, seed=seed,
+                             ratio=ratio, fine_tune_epochs=epochs, accuracy=accuracy, loss=loss,
+                             params=params, macs=macs,
+                             seconds=float(metrics["pruning/estimation_seconds"]),
+                             evaluations=int(metrics["pruning/evaluations"])))  # fmt: skip
     return rows
+
+
+class _Judge(Callback):
+    """Accuracy and loss on ``test`` after the pruning epoch (0) and after ``epochs`` of
+    fine-tuning, in order."""
+
+    def __init__(self, test: Dataset, epochs: list[int]) -> None:
+        self.test, self.epochs = test, epochs
+        self.results: list[tuple[float, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.current_epoch in self.epochs:
+            with restored_modes(module):
+                self.results.append(evaluate(module, self.test))

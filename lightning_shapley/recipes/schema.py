@@ -94,7 +94,7 @@ class PruningSpec:
     schedule: str = "one_shot"
     estimator: str = "permutation"
     budget: int = 512
-    ablation: str = "zero"
+    ablation: str | None = None
     compensation: str = "least_squares"
     cost: str = "channels"
     ignored_layers: list[str] = field(default_factory=list)
@@ -298,7 +298,7 @@ def _check_values(
         section, name = key.split(".")
         value = getattr(getattr(recipe, section), name)
         for item in value if isinstance(value, list) else [value]:
-            if item not in choices:
+            if item is not None and item not in choices:
                 raise fail(key, f"{item!r} is not one of {', '.join(choices)}")
     p = recipe.pruning
     if not p.criteria:

@@ -194,6 +194,37 @@ def test_a_parameter_budget_is_allocated_by_the_network_wide_game(tmp_path):
         assert unpruned > rows[(name, 0.25)] > rows[(name, 0.5)], name
 
 
+def test_each_pruning_is_a_lightning_fit_with_the_callback(tmp_path, monkeypatch):
+    from lightning_shapley.callback import ShapleyPruningCallback
+    from lightning_shapley.recipes.data import load_data
+    from lightning_shapley.recipes.runner import obtain_model
+
+    seen = []
+    real = ShapleyPruningCallback._prune
+
+    def spy(self, trainer, module, epoch):
+        weights = torch.cat([w.flatten() for w in module.model.state_dict().values()])
+        seen.append((self.criterion, self.ratio, epoch, trainer.max_epochs, weights))
+        real(self, trainer, module, epoch)
+
+    monkeypatch.setattr(ShapleyPruningCallback, "_prune", spy)
+    recipe = load_recipe(DEFAULT_RECIPE)
+    recipe.model.instances, recipe.model.epochs = 1, 2
+    p = recipe.pruning
+    p.criteria, p.ratios, p.seeds, p.shots = ["bandit_shapley", "l1"], [0.25, 0.5], [0], [2]
+    recipe.fine_tune.epochs = [0, 2]
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    # pruned at the end of epoch 0, then fine-tuned for 2 epochs
+    assert [s[:4] for s in seen] == [(c, r, 0, 3) for c in p.criteria for r in p.ratios]
+    trained = obtain_model(recipe, load_data(recipe.data), 0).state_dict().values()
+    trained = torch.cat([w.flatten() for w in trained])
+    assert all(torch.equal(s[4], trained) for s in seen)  # untouched by epoch 0's steps
+    with open(out / "results.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["criterion"] == "bandit_shapley"]
+    assert {int(r["fine_tune_epochs"]) for r in rows} == {0, 2}
+    assert all(int(r["evaluations"]) > 0 and float(r["seconds"]) > 0 for r in rows)
+
+
 USER_PACKAGE = """
 import lightning.pytorch as pl
 import torch
