@@ -27,8 +27,8 @@ import warnings
 import torch
 from torch import nn
 
-from lightning_shapley.games.masking import pruned_normalisations
 from lightning_shapley.modes import evaluating
+from lightning_shapley.normalisation import pruned_normalisations
 from lightning_shapley.options import COMPENSATIONS as CHOICES
 from lightning_shapley.options import check_choice
 from lightning_shapley.pruning import ChannelGroup, Consumer, merged_consumers

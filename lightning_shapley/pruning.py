@@ -67,6 +67,13 @@ class Consumer:
     channel_dim: int
     in_features: int
 
+    def feature_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """Float masks ``[m, in_features]`` of this consumer's inputs from player masks
+        ``[m, n]`` (features of other groups kept)."""
+        full = masks.new_ones(len(masks), self.in_features)
+        full[:, self.feature_idx.to(masks.device)] = masks[:, self.player_idx.to(masks.device)]
+        return full
+
     def feature_dim(self, x: torch.Tensor, leading: int = 1) -> int:
         """The dimension of ``x``, an input of this consumer with ``leading`` batch
         dimensions, that holds its features: ``channel_dim``'s, unless only the other one
@@ -106,7 +113,7 @@ class ChannelGroup:
         norms: Normalisations among the pruned layers that mix the group's channels (a
             ``LayerNorm`` over channels, a ``GroupNorm``): a pruned model computes their
             statistics over the kept channels only, so a game masks inside them too (see
-            :class:`~lightning_shapley.games.masking.NormMask`). Their features are the
+            :class:`~lightning_shapley.normalisation.NormMask`). Their features are the
             normalised channels.
     """
 

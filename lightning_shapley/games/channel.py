@@ -11,17 +11,13 @@ from torch import fx, nn
 
 from lightning_shapley.calibration import CalibrationData, as_calibration_tensors
 from lightning_shapley.games.base import check_masks
-from lightning_shapley.games.masking import (
-    ConsumerMask,
-    ConsumerRefit,
-    NormMask,
-    norm_masks,
-)
+from lightning_shapley.games.masking import ConsumerMask, ConsumerRefit
 from lightning_shapley.games.suffix import PrefixCache, SuffixProgram
 from lightning_shapley.games.surrogate import QuadraticGame, fisher_gram
 from lightning_shapley.hooks import attached
 from lightning_shapley.metrics import MetricLike, first_logits, reference_logits, value_function
 from lightning_shapley.modes import evaluating
+from lightning_shapley.normalisation import NormMask, norm_masks
 from lightning_shapley.options import ABLATIONS, check_choice
 from lightning_shapley.pruning import (
     ChannelGraph,
@@ -226,7 +222,7 @@ class ChannelGame:
             if isinstance(mask, NormMask):
                 return mask.forward(module, args, masks)
             x = args[0].view(m, batch, *args[0].shape[1:])
-            return mask.refit.outputs(x, mask.feature_masks(masks).bool())
+            return mask.refit.outputs(x, mask.consumer.feature_masks(masks).bool())
 
         inputs = [
             n for n, k in self._masks.items() if isinstance(k, ConsumerMask) and k.refit is None

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lightning_shapley.games.masking import ConsumerMask, NormMask, factorize, factorized_bytes
+from lightning_shapley.games.masking import ConsumerMask, factorize, factorized_bytes
 from lightning_shapley.metrics import first_logits
+from lightning_shapley.normalisation import NormMask
 
 __all__ = ["PrefixCache", "SuffixProgram"]
 
@@ -162,7 +163,7 @@ class SuffixProgram:
                 )
                 mask = self.masks[node.target]
                 if mask.refit is not None:
-                    env[node] = mask.refit.outputs(x, mask.feature_masks(masks).bool())
+                    env[node] = mask.refit.outputs(x, mask.consumer.feature_masks(masks).bool())
                 else:
                     masked = mask.apply(x, masks).flatten(0, 1)
                     args = (masked, *fx.node.map_arg(node.args[1:], value))

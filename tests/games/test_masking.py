@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_shapley import ChannelGame
-from lightning_shapley.games.masking import NormMask
+from lightning_shapley.normalisation import NormMask
 from lightning_shapley.plan import PruningPlan
 from lightning_shapley.prune import prune
 from lightning_shapley.pruning import Consumer
