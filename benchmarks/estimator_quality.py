@@ -65,10 +65,10 @@ from lightning_shapley.estimators import (
     PermutationShapley,
     TMABShapley,
 )
-from lightning_shapley.estimators.dasp import MomentSuffix
 from lightning_shapley.estimators.exact import all_coalitions, shapley_from_table
 from lightning_shapley.estimators.quality import bottom_k_precision, relative_error, spearman
 from lightning_shapley.games import ChannelGame
+from lightning_shapley.games.moments import MomentSuffix
 from lightning_shapley.lab.datasets import load_digits, load_mnist_idx, split_indices
 from lightning_shapley.lab.models import CifarResNet, DigitsCNN, LeNet5
 from lightning_shapley.pruning import prunable_layer_names

@@ -23,7 +23,7 @@ from lightning_shapley.games.masking import ConsumerMask, factorize, factorized_
 from lightning_shapley.metrics import first_logits
 from lightning_shapley.normalisation import NormMask
 
-__all__ = ["PrefixCache", "SuffixProgram"]
+__all__ = ["PrefixCache", "SuffixProgram", "downstream"]
 
 
 @dataclass
@@ -67,20 +67,12 @@ class SuffixProgram:
         self.model, self.masks, self.n_players = model, masks, n_players
         self.factorize_budget = factorize_budget
         nodes = list(graph.nodes)
-        self._consumers = {n for n in nodes if n.op == "call_module" and n.target in masks}
-        if not self._consumers:
-            raise ValueError("none of the consumer layers is called in the traced graph")
-        tainted: set[fx.Node] = set()
+        consumers, tainted, self.output = downstream(graph, set(masks))
+        self._consumers = set(consumers)
         batched: set[fx.Node] = set()
         for node in nodes:
-            inputs = node.all_input_nodes
-            if node in self._consumers or any(a in tainted for a in inputs):
-                tainted.add(node)
-            if node.op == "placeholder" or any(a in batched for a in inputs):
+            if node.op == "placeholder" or any(a in batched for a in node.all_input_nodes):
                 batched.add(node)
-        self.output = next(n for n in nodes if n.op == "output")
-        if self.output not in tainted:
-            raise ValueError("the model output does not depend on the masked channels")
         self._prefix = [n for n in nodes if n not in tainted]
         self._suffix = [n for n in nodes if n in tainted]
         self._border = [n for n in self._prefix if any(u in tainted for u in n.users)]
@@ -206,6 +198,27 @@ class SuffixProgram:
         if not plain or torch.is_grad_enabled():
             return module(*args, **kwargs)
         return module._conv_forward(_channels_last(args[0]), weight, module.bias)
+
+
+def downstream(graph: fx.Graph, consumers: set[str]) -> tuple[list[fx.Node], set[fx.Node], fx.Node]:
+    """``(calls, suffix, output)``: the nodes calling the ``consumers`` modules, every node that
+    depends on them (calls included: what a coalition changes), and the output node.
+
+    Raises:
+        ValueError: If no consumer is called, or the output does not depend on them.
+    """
+    nodes = list(graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target in consumers]
+    if not calls:
+        raise ValueError("none of the consumer layers is called in the traced graph")
+    suffix = set(calls)
+    for node in nodes:
+        if any(a in suffix for a in node.all_input_nodes):
+            suffix.add(node)
+    output = next(n for n in nodes if n.op == "output")
+    if output not in suffix:
+        raise ValueError("the model output does not depend on the masked channels")
+    return calls, suffix, output
 
 
 def _channels_last_weights(
