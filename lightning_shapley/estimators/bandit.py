@@ -112,11 +112,17 @@ class BanditShapley(CutEstimator):
             raise ValueError(f"screen must be a share in (0, 1] or None, got {screen!r}")
         self.antithetic, self.exact_border, self.screen = antithetic, exact_border, screen
 
-    def min_budget(self, n_players: int) -> int:
-        """A base (and its complement) with every player flipped, or the border strata."""
+    def min_budget(self, n_players: int, *, screened: bool = False) -> int:
+        """A base (and its complement) with every player flipped (every screened-in player, with
+        a control game and ``screened``), or the border strata."""
         if self.exact_border:
             return 2 * n_players + 2
-        return (2 if self.antithetic else 1) * (n_players + 1)
+        return (2 if self.antithetic else 1) * (self._sampled_first(n_players, screened) + 1)
+
+    def _sampled_first(self, n_players: int, screened: bool) -> int:
+        if screened and self.screen is not None:
+            return min(n_players, max(2, math.ceil(self.screen * n_players)))
+        return n_players
 
     def can_settle(self, n_players: int, budget: int, *, screened: bool = False) -> bool:
         """Whether ``budget`` evaluations give the players sampled first (all, or the screened
@@ -126,9 +132,7 @@ class BanditShapley(CutEstimator):
             >>> BanditShapley(min_samples=3).can_settle(10, 66), BanditShapley().can_settle(10, 20)
             (True, False)
         """
-        sampled = n_players
-        if screened and self.screen is not None:
-            sampled = max(2, math.ceil(self.screen * n_players))
+        sampled = self._sampled_first(n_players, screened)
         return budget >= self.min_samples * (2 if self.antithetic else 1) * (1 + sampled)
 
     def estimate(
@@ -163,7 +167,8 @@ class BanditShapley(CutEstimator):
                 f"control must be a game of the same {n} players, and needs exact_border=False"
             )
         unit = 2 if self.antithetic else 1
-        self._check_budget(budget, self.min_budget(n), "BanditShapley")
+        screened = control is not None and self.screen is not None
+        self._check_budget(budget, self.min_budget(n, screened=screened), "BanditShapley")
         generator = torch.Generator().manual_seed(seed)
 
         used, strata = 0, (0, n - 1)  # the coalition sizes to sample, both included
@@ -180,19 +185,25 @@ class BanditShapley(CutEstimator):
         moments = _Moments(n, control)
         sizes = _SizeCycle(strata[0], strata[1] + 1, generator)
         window = torch.ones(n, dtype=torch.bool)
-        if control is not None and self.screen is not None:
-            window = _near_cut(control.shapley_values, k, self.screen)
+        if screened:
+            window = _near_cut(control.shapley_values, k, self._sampled_first(n, True))
         doubt = window & (weight > 0)
 
         def values() -> torch.Tensor:
             return exact_part + weight * moments.values(fallback)
 
         def radius() -> torch.Tensor:
+            """Student-t half-widths of the sampled players; the surrogate's measured error
+            (``inf`` until measured) for the players never screened in."""
             if weight == 0:
                 return torch.zeros(n, dtype=torch.float64)
             quantile = student_t_quantile(1 - self.delta / 2, moments.count - 1)
             spread = (moments.variance() / moments.count.clamp_min(1)).sqrt()
-            return torch.where(moments.count >= 2, weight * quantile * spread, math.inf)
+            unsampled = math.inf
+            if not window.all():
+                unsampled = moments.screening_margin(self.delta, self.min_samples)
+            sampled = torch.where(moments.count >= 2, weight * quantile * spread, math.inf)
+            return torch.where(window, sampled, unsampled)
 
         while doubt.any() and not (should_stop is not None and should_stop()):
             per_base = unit * (1 + int(doubt.sum()))
@@ -211,7 +222,8 @@ class BanditShapley(CutEstimator):
             estimate = values()
             distance = (estimate - boundary_value(estimate, k)).abs()
             if not window.all():  # a screened player joins once the surrogate may be wrong
-                window |= distance <= moments.screening_margin(self.delta, self.min_samples)
+                margin = moments.screening_margin(self.delta, self.min_samples)
+                window |= distance <= (margin if math.isfinite(margin) else 0.0)
             doubt = window & ((distance <= radius()) | (moments.count < self.min_samples))
 
         stderr = weight * (moments.variance() / moments.count.clamp_min(1)).sqrt()
@@ -259,19 +271,19 @@ class _Moments:
         return self.paired.residual_variance(self._coefficient())
 
     def screening_margin(self, delta: float, min_samples: int) -> float:
-        """How far from the boundary an unsampled player must lie to stay screened out: the
-        spread of the surrogate's errors (the residual means) over the well-sampled players."""
+        """How far from the boundary an unsampled player must lie to stay screened out (and be
+        settled on the surrogate's word): the spread of the surrogate's errors (the residual
+        means) over the well-sampled players; ``inf`` before two of them are."""
         known = self.count >= min_samples
         if int(known.sum()) < 2:
-            return 0.0
+            return math.inf
         spread = float(self.paired.residual_mean(self._coefficient())[known].std())
         return float(torch.special.ndtri(torch.tensor(1 - delta / 2))) * spread
 
 
-def _near_cut(values: torch.Tensor, k: int, share: float) -> torch.Tensor:
-    """``[n]`` the ``share`` of players whose ``values`` rank nearest the cut at ``k``."""
+def _near_cut(values: torch.Tensor, k: int, width: int) -> torch.Tensor:
+    """``[n]`` the ``width`` players whose ``values`` rank nearest the cut at ``k``."""
     n = len(values)
-    width = max(2, math.ceil(share * n))
     low = max(0, min(n - width, k - width // 2))
     window = torch.zeros(n, dtype=torch.bool)
     window[torch.argsort(values, stable=True)[low : low + width]] = True

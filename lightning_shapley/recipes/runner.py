@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -146,16 +149,16 @@ def _prune_and_judge(model, name, recipe, calibration, test, seed, instance, sho
             fine_tune=judged[-1] > 0, held_out=0, seed=seed, verbose=False, **options,
         )  # fmt: skip
         judge = _Judge(test, judged)
-        trainer = pl.Trainer(
-            accelerator="gpu" if recipe.device.startswith("cuda") else "cpu", devices=1,
-            max_epochs=1 + judged[-1], callbacks=[pruning, judge], logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
         generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(calibration, batch_size=ft.batch_size, shuffle=True,
                             generator=generator)  # fmt: skip
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        with _quiet():
+            trainer = pl.Trainer(
+                accelerator="gpu" if recipe.device.startswith("cuda") else "cpu", devices=1,
+                max_epochs=1 + judged[-1], callbacks=[pruning, judge], logger=False,
+                enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False,
+            )  # fmt: skip
             torch.manual_seed(seed)
             trainer.fit(module, loader)
         metrics = trainer.callback_metrics
@@ -168,6 +171,24 @@ def _prune_and_judge(model, name, recipe, calibration, test, seed, instance, sho
                              seconds=float(metrics["pruning/estimation_seconds"]),
                              evaluations=int(metrics["pruning/evaluations"])))  # fmt: skip
     return rows
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No per-fit banners (devices, tips, why the fit stopped): a recipe runs hundreds of fits."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            warnings.filterwarnings("ignore", message=".*`training_step` returned `None`")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class _Judge(Callback):

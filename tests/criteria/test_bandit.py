@@ -102,12 +102,48 @@ def test_the_game_plays_on_at_most_max_examples_spread_over_the_classes():
 
 def test_the_bandit_samples_only_where_a_channel_could_settle():
     model, x = net_and_data()
-    # 2 evaluations per channel cannot give any of the 16 channels 3 samples: the search at the
-    # cut alone spends evaluations, 4 per channel removed (8 steps of one removal each)
+    # one evaluation per channel cannot give the 2 screened-in channels of 16 their 3 samples:
+    # the search at the cut alone spends evaluations, 4 per channel removed (8 steps of one)
     searched = BanditShapleyCriterion().score(model, ["0"], x, cut=0.5)
     assert searched.n_evals == 8 * 4
     sampled = BanditShapleyCriterion(evaluations_per_channel=64).score(model, ["0"], x, cut=0.5)
     assert sampled.n_evals > searched.n_evals
+
+
+@pytest.fixture
+def one_thread():
+    """The trained weights, and so what settles, depend on the number of threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_on_a_trained_network_the_bandit_settles_channels_and_saves_search(one_thread):
+    from torch.utils.data import TensorDataset
+
+    from lightning_shapley.lab.datasets import load_digits
+    from lightning_shapley.lab.models import DigitsCNN
+    from lightning_shapley.lab.training import train
+
+    torch.manual_seed(0)
+    images, labels = load_digits()
+    model = DigitsCNN(width=16)
+    train(model, TensorDataset(images[:1000], labels[:1000]), 10, 3e-3, 64, seed=0)
+    calibration = images[1000:1100]
+    default, search_only = BanditShapleyCriterion(), BanditShapleyCriterion(0.1)
+    spent = {}
+    for criterion in (default, search_only):
+        spent[criterion] = settled = scored = 0
+        for layer in ("0", "3", "7", "12"):
+            spent[criterion] += criterion.score(model, [layer], calibration, cut=0.5).n_evals
+            settled += criterion.settled_channels
+            scored += criterion.scored_channels
+        if criterion is default:
+            assert scored == 128 and settled >= 0.15 * scored  # 32 of 128 when written
+        else:
+            assert settled == 0  # too small a budget to sample: the search decides them all
+    assert spent[default] <= spent[search_only]
 
 
 def test_the_search_at_the_cut_is_guided_by_the_surrogate():

@@ -229,6 +229,25 @@ def test_screening_samples_only_the_players_near_the_cut():
     assert int((result.below != truth).sum()) <= 2
 
 
+def test_screened_out_players_far_from_the_cut_settle_on_the_surrogates_measured_error():
+    game, surrogate = surrogate_pair(n=40)
+    truth = torch.zeros(40, dtype=torch.bool)
+    truth[torch.argsort(game.exact)[:20]] = True
+    sampler = BanditShapley(cut=0.5, screen=0.25)
+    small = sampler.min_samples * 2 * (1 + 10)  # what the 10 screened-in players need
+    result = sampler.estimate(game, budget=small, seed=0, control=surrogate)
+    never = result.n_samples == 0
+    assert int(never.sum()) >= 25
+    # settled unsampled: further from the boundary than the measured error, on the right side
+    assert result.settled[never].float().mean() > 0.5
+    assert int(torch.isfinite(result.radius[never]).sum()) >= 20
+    assert (result.below[result.settled] == truth[result.settled]).all()
+    # before any error is measured, an unsampled player is not settled
+    early = sampler.estimate(game, budget=sampler.min_budget(40, screened=True), seed=0,
+                             control=surrogate)  # fmt: skip
+    assert not early.settled[early.n_samples == 0].any()
+
+
 def test_a_bad_surrogate_lets_every_player_in():
     """A surrogate unrelated to the game: the measured error spread brings the screened
     players back into the sampling."""
