@@ -24,6 +24,10 @@ from lightning_shapley.games.surrogate import QuadraticGame
 
 __all__ = ["BanditShapley"]
 
+MIN_SCREENED = 8
+"""Fewest players screened in (all of them in a smaller game): the surrogate's error, which
+settles the players never sampled, is measured on them."""
+
 ROUND_GROWTH = 0.1
 """A round costs at least this share of the evaluations spent so far: rounds grow with the run,
 so a player settles at most about 10 % later than it could have."""
@@ -121,7 +125,7 @@ class BanditShapley(CutEstimator):
 
     def _sampled_first(self, n_players: int, screened: bool) -> int:
         if screened and self.screen is not None:
-            return min(n_players, max(2, math.ceil(self.screen * n_players)))
+            return min(n_players, max(MIN_SCREENED, math.ceil(self.screen * n_players)))
         return n_players
 
     def can_settle(self, n_players: int, budget: int, *, screened: bool = False) -> bool:
