@@ -80,9 +80,11 @@ class BanditShapley(CutEstimator):
         exact_border: Evaluate the border strata exactly up front and sample only the
             interior sizes.
         screen: With a control game (see :meth:`estimate`): sample at first only this share
-            of the players, those the control's Shapley values put nearest the cut; a player
-            screened out joins them once its estimate lies within the surrogate's measured
-            error of the boundary. ``None``: sample every player.
+            of the players (at least ``MIN_SCREENED``), those the control's Shapley values put
+            nearest the cut. Their samples measure the surrogate's error (the spread of their
+            residual means); a player screened out joins them once its estimate lies within
+            that error of the boundary, and is settled on its side while it lies further.
+            ``None``: sample every player.
         max_batch: Most coalitions per call to the game.
 
     Example:

@@ -139,12 +139,13 @@ def _prune_and_judge(model, name, recipe, calibration, test, seed, instance, sho
     takes = CRITERION_OPTIONS.get(name, ())
     options = {k: v for k, v in options.items() if k in takes and v is not None}
     judged = sorted(set(ft.epochs))
+    inputs, labels = _tensors(calibration)
     rows = []
     for ratio in p.ratios:
         module = Classifier(copy.deepcopy(model), lr=ft.lr, skip_epochs=1)
         pruning = ShapleyPruningCallback(
             ratio, epochs=0, scope=p.scope, cost=p.cost, schedule=p.schedule, criterion=name,
-            calibration=_tensors(calibration), compensation=p.compensation,
+            calibration=(inputs, labels), compensation=p.compensation,
             ignored_layers=[f"model.{layer}" for layer in p.ignored_layers],
             fine_tune=judged[-1] > 0, held_out=0, seed=seed, verbose=False, **options,
         )  # fmt: skip
@@ -162,8 +163,7 @@ def _prune_and_judge(model, name, recipe, calibration, test, seed, instance, sho
             torch.manual_seed(seed)
             trainer.fit(module, loader)
         metrics = trainer.callback_metrics
-        example = _tensors(Subset(calibration, [0]))[0].to(module.device)
-        params, macs = count_params_and_macs(module.model, example)
+        params, macs = count_params_and_macs(module.model, inputs[:1].to(module.device))
         for epochs, (accuracy, loss) in zip(judged, judge.results, strict=True):
             rows.append(dict(instance=instance, criterion=name, shots=shots, seed=seed,
                              ratio=ratio, fine_tune_epochs=epochs, accuracy=accuracy, loss=loss,
