@@ -48,8 +48,10 @@ def summarize(rows: list[dict]) -> dict:
 
 def _markdown(summary: dict, recipe: Recipe, n_rows: int) -> str:
     mean, std = summary["unpruned"]
+    model = recipe.model.class_path or recipe.model.architecture
+    data = recipe.data.class_path or recipe.data.dataset
     lines = [f"# {recipe.name}", "",
-             f"{recipe.model.architecture} on {recipe.data.dataset}; unpruned test accuracy "
+             f"{model} on {data}; unpruned test accuracy "
              f"{mean:.3f} ± {std:.3f}; {n_rows} results; pruning scope {recipe.pruning.scope}, "
              f"schedule {recipe.pruning.schedule}. Test accuracy, mean ± std over models and "
              "calibration draws.", ""]  # fmt: skip

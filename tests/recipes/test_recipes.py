@@ -282,6 +282,7 @@ def test_a_recipe_prunes_the_users_own_module_and_datamodule(tmp_path):
         rows = {r["criterion"]: r for r in csv.DictReader(f)}
     assert int(rows["l1"]["params"]) < int(rows["unpruned"]["params"])
     assert float(rows["unpruned"]["accuracy"]) > 0.5  # trained on the user's data
+    assert "userpkg.UserNet on userpkg.UserDigits" in (out / "summary.md").read_text()
 
 
 @pytest.mark.parametrize(
