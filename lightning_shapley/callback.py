@@ -104,8 +104,9 @@ class ShapleyPruningCallback(Callback):
         schedule: ``"layer_by_layer"`` (default: layers scored and pruned first to last, each on
             the partly pruned model, as Ancona et al. do) or ``"one_shot"`` (every layer scored
             on the unpruned model).
-        criterion: ``"bandit_shapley"`` (default: channel Shapley values at the cut, the
-            channels in doubt decided by a guided kept-set search, see
+        criterion: ``"bandit_shapley"`` (default: channel Shapley values at the cut, each
+            channel settled by the bandit sampler where it can, those left in doubt decided by
+            a guided kept-set search, see
             :class:`~lightning_shapley.criteria.BanditShapleyCriterion`),
             ``"greedy"`` (backward elimination on the game of the kept set), ``"shapley"``
             (Shapley values from ``estimator``), any name of
