@@ -511,15 +511,16 @@ class ShapleyPruningCallback(Callback):
         achieved = 1 - sum(channels.values()) / sum(original.values())
         report = PruningReport(params_before, params_after, macs_before, macs_after, original,
                                channels, target, achieved, [])  # fmt: skip
-        self._log(module, epoch, report, result.seconds, result.n_evals, before, after)
+        self._log(module, epoch, report, result, before, after)
 
-    def _log(self, module, epoch, report, seconds, n_evals, before, after) -> None:
+    def _log(self, module, epoch, report, result, before, after) -> None:
         """Metrics through the module's ``log_dict`` (epoch-level), one line to the console."""
         metrics = {
             "pruning/params": float(report.params_after),
             "pruning/macs": float(report.macs_after),
-            "pruning/estimation_seconds": seconds,
-            "pruning/evaluations": float(n_evals),
+            "pruning/estimation_seconds": result.seconds,
+            "pruning/evaluations": float(result.n_evals),
+            "pruning/settled_by_bandit": float(result.settled),
             **{f"pruning/channels/{k}": float(v) for k, v in report.channels_after.items()},
         }
         for name, value in after.items():
@@ -539,7 +540,8 @@ class ShapleyPruningCallback(Callback):
                 f"ShapleyPruningCallback (epoch {epoch}): removed {report.achieved_ratio:.1%} of "
                 f"the channels; params {report.params_before:,} → {report.params_after:,}, MACs "
                 f"{report.macs_before:,} → {report.macs_after:,}; {where}estimation "
-                f"{seconds:.1f} s, {n_evals:,} evaluations"
+                f"{result.seconds:.1f} s, {result.n_evals:,} evaluations"
+                + (f", {result.settled:,} channels settled by the bandit" if result.settled else "")
             )
 
 

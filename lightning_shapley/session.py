@@ -38,6 +38,8 @@ class SessionResult:
         scores: ``[n_channels]`` scores of every scored layer, as lists.
         seconds: Time spent scoring.
         n_evals: Game evaluations spent scoring.
+        settled: Channels the criterion's bandit sampler settled on their side of the cut (the
+            default criterion's; 0 for the others), of those it scored.
     """
 
     channels: dict[str, int] = field(default_factory=dict)
@@ -45,6 +47,7 @@ class SessionResult:
     scores: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     n_evals: int = 0
+    settled: int = 0
 
 
 @dataclass
@@ -130,6 +133,7 @@ class PruningSession:
                     ) from error
                 result.seconds += time.perf_counter() - began
                 result.n_evals += scores.n_evals
+                result.settled += getattr(self.criterion, "settled_channels", 0)
                 plan = self._plan(scores.values, ratio)
                 removed = plan.removed if self.decide is None else self.decide(plan.removed)
                 plan = dataclasses.replace(plan, removed=removed)

@@ -35,7 +35,7 @@ def test_prunes_at_the_chosen_epoch_and_keeps_training(tmp_path):
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     keys = ("pruning/params", "pruning/macs", "pruning/loss_before", "pruning/accuracy_after",
             "pruning/estimation_seconds", "pruning/evaluations",
-            "pruning/channels/net.0")  # fmt: skip
+            "pruning/channels/net.0", "pruning/settled_by_bandit")  # fmt: skip
     assert all(key in logged for key in keys)
     assert 0.2 < fit.validate(module, val, verbose=False)[0]["val_acc"] <= 1  # above chance
     assert callback.pruned_epochs == [1]  # validate does not prune

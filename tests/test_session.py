@@ -54,3 +54,23 @@ def test_a_stop_between_layers_leaves_the_model_as_it_was():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     optimizer.step()
     assert not torch.equal(model[0].weight, state["0.weight"])
+
+
+def test_the_result_counts_the_channels_the_bandit_settled():
+    from torch import nn
+
+    from lightning_shapley.criteria import BanditShapleyCriterion
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what settles depends on the last bits of the games' values
+    try:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Conv2d(1, 96, 3), nn.ReLU(), nn.Flatten(), nn.Linear(96 * 36, 4))
+        x = torch.randn(32, 1, 8, 8)
+        criterion = BanditShapleyCriterion()
+        result = PruningSession(criterion).run(model, ["0"], x, None, 0.5)
+        assert result.settled == criterion.settled_channels > 0
+        plain = PruningSession(criterion_by_name("l1")).run(model, ["0"], x, None, 0.25)
+        assert plain.settled == 0
+    finally:
+        torch.set_num_threads(threads)
