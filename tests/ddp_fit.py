@@ -1,6 +1,6 @@
 """Fit a small model with ShapleyPruningCallback; run by test_callback_ddp.py, one or two ranks.
 
-Usage: python tests/ddp_fit.py OUT_DIR DEVICES
+Usage: python tests/ddp_fit.py OUT_DIR DEVICES [greedy|bandit]
 """
 
 from __future__ import annotations
@@ -31,14 +31,18 @@ class WrapCheck(pl.Callback):
             } == {id(p) for p in module.parameters()}
 
 
-def main(out: Path, devices: int) -> None:
+def main(out: Path, devices: int, criterion: str = "greedy") -> None:
     pl.seed_everything(0, verbose=False)
     module = DigitsModule(lr=0.0)  # weights and BN statistics stay as initialised, so the
     for layer in module.modules():  # scores of one- and two-process runs are comparable
         if isinstance(layer, torch.nn.BatchNorm2d):
             layer.momentum = 0.0
     train, val = digits_loaders(n_train=256, n_val=200)
-    callback = ShapleyPruningCallback(0.5, epochs=0, criterion="greedy", shots=5, verbose=False)
+    if criterion == "bandit":  # a budget at which the bandit samples these narrow layers
+        from lightning_shapley.criteria import BanditShapleyCriterion
+
+        criterion = BanditShapleyCriterion(evaluations_per_channel=16, screen=None)
+    callback = ShapleyPruningCallback(0.5, epochs=0, criterion=criterion, shots=5, verbose=False)
     check = WrapCheck()
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
@@ -59,4 +63,4 @@ def main(out: Path, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:])

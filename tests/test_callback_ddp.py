@@ -12,15 +12,15 @@ import torch
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 
 
-def run(out: Path, devices: int) -> None:
+def run(out: Path, devices: int, criterion: str = "greedy") -> None:
     env = {
         **os.environ,
         "PYTHONWARNINGS": "ignore",
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": "1",
     }
-    subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices)], check=True, env=env,
-                   timeout=300, capture_output=True)  # fmt: skip
+    subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), criterion], check=True,
+                   env=env, timeout=300, capture_output=True)  # fmt: skip
 
 
 def test_ddp_ranks_share_evaluations_and_end_identical(tmp_path):
@@ -38,3 +38,12 @@ def test_ddp_ranks_share_evaluations_and_end_identical(tmp_path):
         torch.testing.assert_close(torch.tensor(rank0["scores"][layer]), torch.tensor(scores),
                                    rtol=1e-4, atol=1e-6)  # fmt: skip
     assert rank0["history"] == single["history"]
+
+
+def test_under_ddp_the_bandit_samples_shared_coalitions_and_ranks_end_identical(tmp_path):
+    run(tmp_path, 2, "bandit")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}-of-2.pt") for r in (0, 1))
+    assert rank0["history"] == rank1["history"]
+    assert rank0["scores"] == rank1["scores"]
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), key
