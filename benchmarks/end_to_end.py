@@ -14,10 +14,10 @@ https://github.com/marcoancona/TorchPruner, and is skipped otherwise.
 
 Models: a 20-50-500 LeNet-5 trained for one epoch on 8,000 MNIST test images (accuracy on the
 other 2,000 reported), a CIFAR VGG-8 (convolutions of 32, 32, 64, 64, 128, 128 and 256 channels,
-one linear layer) and a CIFAR ResNet-20 with random weights, and torchvision's resnet18 and
-mobilenet_v3_small at 32×32 with random weights (random inputs for all but LeNet). The random
-models get batch-norm statistics from their calibration inputs and a classifier scaled so that
-their logits vary across inputs with unit spread, as a trained model's do.
+one linear layer) and CIFAR ResNet-20 and ResNet-56 with random weights, and torchvision's
+resnet18 and mobilenet_v3_small at 32×32 with random weights (random inputs for all but LeNet).
+The random models get batch-norm statistics from their calibration inputs and a classifier
+scaled so that their logits vary across inputs with unit spread, as a trained model's do.
 """
 
 from __future__ import annotations
@@ -165,6 +165,7 @@ MODELS = {
     "lenet": ("LeNet-5 20-50-500, MNIST", mnist_lenet),
     "vgg8": ("CIFAR VGG-8", random_model(vgg8)),
     "resnet20": ("CIFAR ResNet-20", random_model(lambda: CifarResNet(20))),
+    "resnet56": ("CIFAR ResNet-56", random_model(lambda: CifarResNet(56))),
     "resnet18": ("torchvision resnet18, 32×32", random_model(torchvision_model("resnet18"))),
     "mobilenet_v3_small": (
         "torchvision mobilenet_v3_small, 32×32",
